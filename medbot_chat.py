@@ -1,0 +1,94 @@
+"""The one generation path: every surface (notebook chat cell, evaluation, web app) calls `respond`.
+
+    model, tokenizer, cfg = load_for_chat("falcon-patient-chatbot/adapter")
+    reply = respond(model, tokenizer, cfg, "I have had a dry cough for two weeks.")
+    print(reply.text)        # the doctor's answer followed by the disclaimer
+
+The prompt comes from the config saved with the adapter, so chat formats exactly as training
+did. Generation samples with the seed's settings and stops at EOS or at the next `###`
+(Falcon rarely emits EOS); only the answer text is returned, never the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medbot_config import MedbotConfig
+from medbot_utils import format_prompt
+
+DISCLAIMER = (
+    "This is an AI research demo, not medical advice, and not a doctor. "
+    "For a medical problem see a qualified clinician; in an emergency call your local emergency number."
+)
+
+
+@dataclass
+class Reply:
+    """A generated answer: the doctor's words alone, and the disclaimer every surface shows."""
+
+    answer: str
+    disclaimer: str = DISCLAIMER
+
+    @property
+    def text(self) -> str:
+        """What a surface displays: the answer, then the disclaimer."""
+        return f"{self.answer or '(no answer was generated; please rephrase)'}\n\n{self.disclaimer}"
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """Text before the first stop sequence."""
+    cut = min([i for i in (text.find(s) for s in stops) if i >= 0], default=len(text))
+    return text[:cut]
+
+
+@torch.inference_mode()
+def respond(
+    model: Any,
+    tokenizer: Any,
+    cfg: MedbotConfig,
+    query: str,
+    *,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Reply:
+    """Answer one patient query with the saved template and sampling settings.
+
+    Args:
+        model: base model or PeftModel, in eval mode.
+        tokenizer: the model's tokenizer.
+        cfg: the config saved with the adapter (template, sampling, stop sequences).
+        query: the patient's message.
+        seed: fixes the sampling for reproducible answers.
+        max_new_tokens: cap on answer tokens (default: up to cfg.gen_max_length in total).
+    """
+    if not query or not query.strip():
+        raise ValueError("the patient query is empty")
+    prompt = format_prompt(query, cfg.prompt_template)
+    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+    prompt_len = enc["input_ids"].shape[1]
+    budget = cfg.gen_max_length - prompt_len
+    if budget < 1:
+        raise ValueError(
+            f"the query is {prompt_len} tokens with the prompt; the limit is {cfg.gen_max_length}"
+        )
+    if max_new_tokens is not None:
+        budget = min(budget, max_new_tokens)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=budget,
+        stop_strings=cfg.stop_sequences,
+        tokenizer=tokenizer,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    new_text = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+    return Reply(answer=cut_at_stop(new_text, cfg.stop_sequences).strip())

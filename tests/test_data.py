@@ -1,0 +1,185 @@
+"""Data loading, validation errors (file + line + field), drop reports, and the split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA
+
+from medbot_utils import DataError, load_dialogues, normalize_query, split_dialogues
+
+
+def write(path, text: str | bytes):
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# ---------------------------------------------------------------- formats and field shapes
+
+
+def test_jsonl_input_output(tmp_path):
+    f = write(
+        tmp_path / "d.jsonl", jsonl([{"input": " Q1 ", "output": "A1"}, {"input": "Q2", "output": "A2"}])
+    )
+    rows, report = load_dialogues(f)
+    assert [(r.input, r.output) for r in rows] == [("Q1", "A1"), ("Q2", "A2")]
+    assert rows[1].where == f"{f}:2"
+    assert report.records == 2 and report.kept == 2 and not report.dropped
+
+
+def test_json_array_patient_doctor(tmp_path):
+    data = [{"Patient": "My knee hurts.", "Doctor": "Rest it."}, {"Patient": "I cough.", "Doctor": "Drink."}]
+    f = write(tmp_path / "d.json", json.dumps(data, indent=2))
+    rows, _ = load_dialogues(f)
+    assert [(r.input, r.output) for r in rows] == [("My knee hurts.", "Rest it."), ("I cough.", "Drink.")]
+
+
+def test_csv_question_answer(tmp_path):
+    f = write(
+        tmp_path / "d.csv", 'question,answer\n"Is it, really, a cold?","Probably, yes."\nWhy?,Because.\n'
+    )
+    rows, _ = load_dialogues(f)
+    assert [(r.input, r.output) for r in rows] == [
+        ("Is it, really, a cold?", "Probably, yes."),
+        ("Why?", "Because."),
+    ]
+    assert rows[1].where.endswith(":3")
+
+
+def test_instruction_input_output_prefers_input(tmp_path):
+    rows_in = [
+        {"instruction": "If you are a doctor, answer.", "input": "I have a rash.", "output": "Use cream."},
+        {"instruction": "What is a fever?", "input": "", "output": "A raised temperature."},
+    ]
+    rows, _ = load_dialogues(write(tmp_path / "d.jsonl", jsonl(rows_in)))
+    assert [r.input for r in rows] == ["I have a rash.", "What is a fever?"]
+
+
+def test_explicit_field_names(tmp_path):
+    f = write(tmp_path / "d.jsonl", jsonl([{"msg": "Q", "reply": "A", "output": "ignored"}]))
+    rows, _ = load_dialogues(f, input_field="msg", output_field="reply")
+    assert (rows[0].input, rows[0].output) == ("Q", "A")
+
+
+# ---------------------------------------------------------------- validation errors
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("bad.jsonl", '{"input": "a", "output": "b"}\n{"input": "a", "output": \n', [":2:", "bad JSON"]),
+        (
+            "bad.json",
+            '[\n  {"input": "a", "output": "b"},\n  {"input": "a" "output": "b"}\n]',
+            [":3:", "bad JSON"],
+        ),
+        ("missing.jsonl", jsonl([{"input": "a", "output": "b"}, {"input": "a"}]), [":2:", "doctor answer"]),
+        (
+            "nonstr.jsonl",
+            jsonl([{"input": "a", "output": 3}]),
+            [":1:", "'output'", "must be a string", "int"],
+        ),
+        (
+            "nullq.jsonl",
+            jsonl([{"input": "a", "output": "b"}, {"question": None, "answer": "b"}]),
+            [":2:", "'question'"],
+        ),
+        (
+            "emptyq.jsonl",
+            jsonl([{"input": "a", "output": "b"}] * 2 + [{"input": "  ", "instruction": "", "output": "b"}]),
+            [":3:", "empty"],
+        ),
+        ("notobj.jsonl", '["a", "b"]\n', [":1:", "expected an object"]),
+        ("extra.csv", "input,output\na,b\nc,d,e\n", [":3:", "more cells"]),
+        ("data.txt", "input,output\n", ["unsupported file type"]),
+    ],
+)
+def test_errors_name_file_line_and_field(tmp_path, name, content, expected):
+    f = write(tmp_path / name, content)
+    with pytest.raises(DataError) as e:
+        load_dialogues(f)
+    message = str(e.value)
+    assert str(f) in message
+    for part in expected:
+        assert part in message, message
+
+
+def test_undecodable_bytes_name_the_line(tmp_path):
+    f = write(
+        tmp_path / "latin.jsonl", b'{"input": "a", "output": "b"}\n{"input": "caf\xe9", "output": "b"}\n'
+    )
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: bytes are not UTF-8"):
+        load_dialogues(f)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_dialogues(tmp_path / "nope.jsonl")
+
+
+def test_explicit_field_missing_names_it(tmp_path):
+    f = write(tmp_path / "d.jsonl", jsonl([{"input": "q", "output": "a"}]))
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'reply' \(doctor answer\) is missing"):
+        load_dialogues(f, output_field="reply")
+
+
+# ---------------------------------------------------------------- drops are reported, never silent
+
+
+def test_duplicates_and_empty_answers_are_reported_with_locations(tmp_path):
+    rows_in = [
+        {"input": "Q1", "output": "A1"},
+        {"input": "Q1 ", "output": " A1"},  # exact duplicate once whitespace is stripped
+        {"input": "Q2", "output": "   "},
+        {"input": "Q1", "output": "A different answer"},  # same query, new answer: kept
+        {"input": "Q3", "output": "A3"},
+    ]
+    f = write(tmp_path / "d.jsonl", jsonl(rows_in))
+    rows, report = load_dialogues(f)
+    assert [(r.input, r.output) for r in rows] == [("Q1", "A1"), ("Q1", "A different answer"), ("Q3", "A3")]
+    assert report.dropped == {"exact duplicate": [f"{f}:2"], "empty answer": [f"{f}:3"]}
+    assert report.kept + sum(map(len, report.dropped.values())) == report.records == 5
+    assert "dropped 1 (empty answer)" in report.summary()
+
+
+# ---------------------------------------------------------------- split
+
+
+def _rows(tmp_path, n=200):
+    data = [{"input": f"Question {i % 150}", "output": f"Answer {i}"} for i in range(n)]
+    data += [{"input": "QUESTION   7", "output": "Same query, other case and spacing"}]
+    return load_dialogues(write(tmp_path / "d.jsonl", jsonl(data)))[0]
+
+
+def test_split_is_deterministic_and_seeded(tmp_path):
+    rows = _rows(tmp_path)
+    a = split_dialogues(rows, 0.1, seed=1)
+    b = split_dialogues(rows, 0.1, seed=1)
+    c = split_dialogues(rows, 0.1, seed=2)
+    assert [d.where for d in a[1]] == [d.where for d in b[1]]
+    assert {d.where for d in a[1]} != {d.where for d in c[1]}
+
+
+def test_split_keeps_every_row_and_no_query_on_both_sides(tmp_path):
+    rows = _rows(tmp_path)
+    train, evals = split_dialogues(rows, 0.1, seed=3)
+    assert len(train) + len(evals) == len(rows)
+    assert not {normalize_query(d.input) for d in train} & {normalize_query(d.input) for d in evals}
+    assert 10 <= len({normalize_query(d.input) for d in evals}) <= 20  # 10% of 150 distinct queries
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "dialogue").exists(), reason="../shared/data not present")
+def test_real_forum_data_split_has_no_leakage():
+    rows, report = load_dialogues(SHARED_DATA / "dialogue" / "health-forums.jsonl")
+    assert report.records == 6315 and report.kept == len(rows)
+    train, evals = split_dialogues(rows, 0.1, seed=42)
+    assert len(train) + len(evals) == len(rows)
+    assert not {normalize_query(d.input) for d in train} & {normalize_query(d.input) for d in evals}

@@ -1,0 +1,132 @@
+"""The real 4-bit path on a tiny random Falcon, LoRA training through the HF Trainer, and resume."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from medbot_config import FALCON_TARGETS, MedbotConfig
+from medbot_model import (
+    NotQuantizedError,
+    add_lora,
+    check_4bit,
+    count_4bit_layers,
+    find_target_modules,
+    load_base_model,
+)
+from medbot_train import build_trainer, read_metrics, save_adapter, train
+from medbot_utils import Dialogue, tokenize_dialogues
+
+
+def samples(tokenizer, cfg, n=24):
+    rows = [
+        Dialogue(f"Patient {i} has a cough and a sore throat.", f"Rest and drink fluids, case {i}.", f"t:{i}")
+        for i in range(n)
+    ]
+    return tokenize_dialogues(rows, tokenizer, cfg)[0]
+
+
+def test_loader_makes_every_falcon_target_4bit(tiny_cfg):
+    model = load_base_model(tiny_cfg)
+    targets = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in FALCON_TARGETS]
+    assert len(targets) == 8  # 4 projections x 2 layers
+    assert all(isinstance(m, bnb.nn.Linear4bit) for m in targets)
+    assert all(m.weight.quant_state.quant_type == "nf4" for m in targets)
+    assert all(m.weight.quant_state.nested for m in targets)  # double quantization
+    assert count_4bit_layers(model) == (8, 9)  # lm_head stays in full precision, as in QLoRA
+
+
+def test_check_4bit_fails_loudly_on_a_16bit_falcon(tiny_cfg):
+    model = load_base_model(tiny_cfg.replace(load_in_4bit=False))
+    with pytest.raises(NotQuantizedError, match="8 of 8 LoRA target layers are not 4-bit"):
+        check_4bit(model, FALCON_TARGETS)
+
+
+def test_plain_transformers_path_is_checked(tiny_falcon_dir):
+    """Without our loader, transformers 5.17-5.24 leaves FalconLinear unquantized; the check catches it."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_falcon_dir, quantization_config=q, device_map={"": "cpu"}
+    )
+    n4, _ = count_4bit_layers(model)
+    if n4 == 8:
+        pytest.skip("this transformers quantizes FalconLinear itself")
+    with pytest.raises(NotQuantizedError):
+        check_4bit(model, FALCON_TARGETS)
+
+
+def test_auto_targets_for_other_architectures():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    names = find_target_modules(LlamaForCausalLM(cfg))
+    assert names == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_qlora_training_changes_lora_only_and_loss_falls(tiny_cfg, tokenizer, tmp_path):
+    cfg = tiny_cfg.replace(max_steps=12, eval_steps=6, learning_rate=5e-3)
+    model = add_lora(load_base_model(cfg), cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = build_trainer(model, tokenizer, samples(tokenizer, cfg), samples(tokenizer, cfg, 4), cfg)
+    train(trainer, cfg)
+    after = dict(model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert all(not after[n].requires_grad for n in base)
+    assert all(torch.equal(before[n], after[n]) for n in base), "base weights changed"  # 4-bit bytes too
+    assert sum(not torch.equal(before[n], after[n]) for n in lora) >= len(lora) // 2  # B starts at 0
+    assert any(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
+    losses = [r["loss"] for r in read_metrics(f"{cfg.logs_dir}/metrics.jsonl") if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    assert list((tmp_path / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+    out = save_adapter(model, tokenizer, cfg)
+    assert {"adapter_config.json", "adapter_model.safetensors", "medbot_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert MedbotConfig.load(out) == cfg
+
+
+def _losses(cfg):
+    return {r["step"]: r["loss"] for r in read_metrics(f"{cfg.logs_dir}/metrics.jsonl") if "loss" in r}
+
+
+def test_resume_gives_the_same_later_losses(tiny_cfg, tokenizer, tmp_path):
+    from transformers import TrainerCallback
+
+    def run(cfg, interrupt_at=None):
+        model = add_lora(load_base_model(cfg), cfg)
+        trainer = build_trainer(model, tokenizer, samples(tokenizer, cfg), samples(tokenizer, cfg, 4), cfg)
+        if interrupt_at:
+
+            class Interrupt(TrainerCallback):
+                def on_step_end(self, args, state, control, **kw):
+                    if state.global_step == interrupt_at:
+                        raise KeyboardInterrupt  # what a Colab disconnect looks like to the loop
+
+            trainer.add_callback(Interrupt())
+        train(trainer, cfg)
+
+    full = tiny_cfg.replace(output_dir=str(tmp_path / "a" / "out"), logs_dir=str(tmp_path / "a" / "logs"))
+    run(full)
+    part = tiny_cfg.replace(output_dir=str(tmp_path / "b" / "out"), logs_dir=str(tmp_path / "b" / "logs"))
+    with pytest.raises(KeyboardInterrupt):
+        run(part, interrupt_at=5)  # dies inside step 5: checkpoint-3 exists, step 4 was logged
+    assert (tmp_path / "b" / "out" / "checkpoint-3").is_dir()
+    assert max(_losses(part)) == 4
+    run(part)  # a fresh process would do the same: new model, resume from checkpoint-3
+    expected, got = _losses(full), _losses(part)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))  # step 4 logged once, not twice
+    for step in (4, 5, 6):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step

@@ -1,0 +1,123 @@
+"""Prompt template, label masking, truncation, padding and token-length statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medbot_config import PROMPT_TEMPLATE, reference
+from medbot_utils import (
+    DataCollator,
+    Dialogue,
+    format_prompt,
+    format_stats_table,
+    length_stats,
+    plot_length_histogram,
+    token_stats,
+    tokenize_dialogues,
+    tokenize_pair,
+)
+
+
+def test_prompt_is_the_seed_template():
+    assert format_prompt("  I have a cough. ", PROMPT_TEMPLATE) == (
+        "### The following is a doctor's opinion on a patient's query:\n"
+        "### Patient query: I have a cough.\n"
+        "### Doctor opinion:"
+    )
+
+
+def test_labels_cover_only_the_answer_and_eos(tokenizer):
+    prompt = format_prompt("My head hurts.", PROMPT_TEMPLATE)
+    s = tokenize_pair(tokenizer, prompt, "Drink water.", max_length=512)
+    n = s["prompt_len"]
+    assert tokenizer.decode(s["input_ids"][:n]) == prompt
+    assert s["labels"][:n] == [-100] * n
+    assert s["labels"][n:] == s["input_ids"][n:]
+    assert tokenizer.decode(s["input_ids"][n:-1]) == " Drink water."
+    assert s["input_ids"][-1] == tokenizer.eos_token_id
+    assert not s["truncated"] and s["answer_len"] == len(" Drink water.") + 1
+
+
+def test_truncation_is_flagged_and_keeps_the_prompt(tokenizer):
+    prompt = format_prompt("Q", PROMPT_TEMPLATE)
+    s = tokenize_pair(tokenizer, prompt, "x" * 300, max_length=150)
+    assert s["truncated"] and len(s["input_ids"]) == len(s["labels"]) == 150
+    assert s["answer_len"] == 302  # lengths are reported before truncation
+    assert s["labels"][: s["prompt_len"]] == [-100] * s["prompt_len"]
+
+
+def test_collator_masks_padding_by_position_even_when_pad_is_eos(tokenizer):
+    prompt = format_prompt("Q", PROMPT_TEMPLATE)
+    short = tokenize_pair(tokenizer, prompt, "ok", 512)
+    long = tokenize_pair(tokenizer, prompt, "a longer answer", 512)
+    batch = DataCollator(tokenizer.pad_token_id)([short, long])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, len(long["input_ids"]))
+    pad = len(long["input_ids"]) - len(short["input_ids"])
+    row = batch["labels"][0]
+    assert torch.all(row[-pad:] == -100)
+    assert row[len(short["input_ids"]) - 1] == tokenizer.eos_token_id  # the answer's EOS is still learned
+    assert batch["attention_mask"][0].tolist() == [1] * len(short["input_ids"]) + [0] * pad
+    assert torch.all(batch["labels"][1] == torch.tensor(long["labels"]))
+
+
+@pytest.mark.parametrize("overlong, kept, dropped", [("truncate", 2, 1), ("drop", 1, 2)])
+def test_tokenize_dialogues_reports_every_drop(tokenizer, overlong, kept, dropped):
+    cfg = reference().replace(max_length=200, overlong=overlong)
+    rows = [
+        Dialogue("short question", "short answer", "f:1"),
+        Dialogue("q", "long answer " * 30, "f:2"),
+        Dialogue("a very long question " * 20, "a", "f:3"),  # the prompt alone is over the limit
+    ]
+    samples, report = tokenize_dialogues(rows, tokenizer, cfg)
+    assert len(samples) == kept
+    assert report.records == 3 and report.kept == kept
+    assert sum(len(w) for w in report.dropped.values()) == dropped
+    assert report.dropped["prompt alone exceeds max_length=200"] == ["f:3"]
+    if overlong == "drop":
+        assert report.dropped["longer than max_length=200"] == ["f:2"]
+    else:
+        assert [s["truncated"] for s in samples] == [False, True]
+
+
+def test_length_stats_known_values():
+    s = length_stats(list(range(1, 101)))
+    assert s == {
+        "count": 100,
+        "min": 1.0,
+        "mean": 50.5,
+        "median": 50.5,
+        "p90": 90.0,
+        "p99": 99.0,
+        "max": 100.0,
+    }
+    assert length_stats([7]) == {
+        "count": 1,
+        "min": 7.0,
+        "mean": 7.0,
+        "median": 7.0,
+        "p90": 7.0,
+        "p99": 7.0,
+        "max": 7.0,
+    }
+
+
+def test_token_stats_per_part_and_truncation_fraction():
+    samples = [
+        {"prompt_len": 10, "answer_len": 5, "truncated": False},
+        {"prompt_len": 20, "answer_len": 600, "truncated": True},
+        {"prompt_len": 30, "answer_len": 15, "truncated": False},
+        {"prompt_len": 40, "answer_len": 25, "truncated": False},
+    ]
+    stats = token_stats(samples)
+    assert stats["prompt"]["mean"] == 25 and stats["answer"]["max"] == 600
+    assert stats["sample"]["min"] == 15 and stats["sample"]["max"] == 620
+    assert stats["sample"]["fraction_truncated"] == 0.25
+    table = format_stats_table({"train": stats})
+    assert "train  sample" in table and "25.0%" in table
+
+
+def test_histogram_png_is_written(tmp_path):
+    samples = [{"prompt_len": p, "answer_len": 2 * p, "truncated": False} for p in range(5, 60)]
+    path = plot_length_histogram({"train": samples, "eval": samples[:5]}, 128, tmp_path / "logs" / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
