@@ -41,12 +41,16 @@ class MetricsFileCallback(TrainerCallback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.written: list[dict[str, Any]] = []  # rows of this process (e.g. an eval before training)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(self.path) if r["step"] <= state.global_step]
+        if state.global_step == 0:  # a fresh run: rows of earlier runs in this folder are stale
+            kept = self.written
+        else:
+            kept = [r for r in read_metrics(self.path) if r["step"] <= state.global_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -57,8 +61,10 @@ class MetricsFileCallback(TrainerCallback):
             {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}
         )
         if len(row) > 2:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            self.written.append(row)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

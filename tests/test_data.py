@@ -183,3 +183,15 @@ def test_real_forum_data_split_has_no_leakage():
     train, evals = split_dialogues(rows, 0.1, seed=42)
     assert len(train) + len(evals) == len(rows)
     assert not {normalize_query(d.input) for d in train} & {normalize_query(d.input) for d in evals}
+
+
+def test_hf_dataset_path_through_datasets(tmp_path):
+    """`hf:<id>` goes through `datasets.load_dataset`; a local dataset folder stands in for the hub."""
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    write(
+        folder / "train.jsonl", jsonl([{"question": "Q1", "answer": "A1"}, {"question": "Q2", "answer": ""}])
+    )
+    rows, report = load_dialogues(f"hf:{folder}")
+    assert [(r.input, r.output) for r in rows] == [("Q1", "A1")]
+    assert report.dropped == {"empty answer": [f"hf:{folder} record 1"]}

@@ -75,6 +75,8 @@ def test_auto_targets_for_other_architectures():
 
 def test_qlora_training_changes_lora_only_and_loss_falls(tiny_cfg, tokenizer, tmp_path):
     cfg = tiny_cfg.replace(max_steps=12, eval_steps=6, learning_rate=5e-3)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.jsonl").write_text('{"step": 99, "loss": 0.5}\n')  # an older run's
     model = add_lora(load_base_model(cfg), cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = build_trainer(model, tokenizer, samples(tokenizer, cfg), samples(tokenizer, cfg, 4), cfg)
@@ -87,8 +89,10 @@ def test_qlora_training_changes_lora_only_and_loss_falls(tiny_cfg, tokenizer, tm
     assert all(torch.equal(before[n], after[n]) for n in base), "base weights changed"  # 4-bit bytes too
     assert sum(not torch.equal(before[n], after[n]) for n in lora) >= len(lora) // 2  # B starts at 0
     assert any(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
-    losses = [r["loss"] for r in read_metrics(f"{cfg.logs_dir}/metrics.jsonl") if "loss" in r]
-    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    rows = read_metrics(f"{cfg.logs_dir}/metrics.jsonl")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13))  # the stale row is gone
+    assert sum(losses[-3:]) < sum(losses[:3])
     assert list((tmp_path / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
     out = save_adapter(model, tokenizer, cfg)

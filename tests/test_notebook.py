@@ -48,7 +48,8 @@ def test_outputs_plots_metrics_and_adapter(executed):
     rows = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in rows if "loss" in r]
     assert train_steps == list(range(2, 21, 2))  # embedded profile: 20 steps, a loss every 2
-    assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20]
+    # before training (step 0), every 10 steps, and the final evaluation
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 10, 20, 20]
     ev = json.loads((logs / "eval_metrics.json").read_text())
     assert ev["after"]["eval_loss"] < ev["before"]["eval_loss"]
     assert ev["after"]["perplexity"] < ev["before"]["perplexity"]
