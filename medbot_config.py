@@ -88,6 +88,12 @@ class MedbotConfig:
     """Checkpoints kept on disk (Colab disks and Drive quotas are small)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, ~30% slower."""
+    packing: bool = False
+    """Pack many dialogues into each row of pack_tokens (attention stays inside each dialogue)."""
+    pack_tokens: int = 4096
+    """Tokens per packed row; each micro-batch is batch_size rows of this length."""
+    upcast_norms: bool = True
+    """The seed's prepare_model_for_kbit_training: non-4-bit weights in fp32 (slower, more memory)."""
     optim: str = "auto"
     """`auto`: paged_adamw_8bit on GPU (the seed's), adamw_torch on CPU."""
     output_dir: str = "falcon-patient-chatbot"
@@ -119,6 +125,8 @@ class MedbotConfig:
             raise ValueError("max_length and gen_max_length must be at least 16 tokens")
         if min(self.batch_size, self.grad_accum, self.max_steps, self.eval_steps, self.lora_r) < 1:
             raise ValueError("batch_size, grad_accum, max_steps, eval_steps and lora_r must be >= 1")
+        if self.packing and self.pack_tokens < self.max_length:
+            raise ValueError(f"pack_tokens ({self.pack_tokens}) must be at least max_length ({self.max_length})")
         if self.compute_dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"compute_dtype must be auto/bf16/fp16/fp32, got {self.compute_dtype!r}")
 

@@ -205,11 +205,13 @@ def add_lora(model: nn.Module, cfg: MedbotConfig) -> Any:
     """Wrap the base model with trainable LoRA adapters (QLoRA preparation for 4-bit bases)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.load_in_4bit:
+    if cfg.load_in_4bit and cfg.upcast_norms:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    else:  # base weights stay in their dtype (bf16 on GPU): the fast path
+        model.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -120,12 +120,25 @@ def build_trainer(
             f"{len(train_samples)} training and {len(eval_samples)} evaluation samples: both splits need "
             "at least one (check the data and drop reports, max_length and eval_fraction)"
         )
+    collator: Any = DataCollator(tokenizer.pad_token_id)
+    if cfg.packing:
+        from medbot_fast import PackedCollator, pack_samples, packing_efficiency, patch_falcon_attention
+
+        if not patch_falcon_attention(model):
+            # measured: transformers' own position-id packing lets Llama/SmolLM2 rows attend across
+            # dialogues, so packing is offered only where our attention keeps them apart
+            raise ValueError("packing needs a Falcon model (our attention keeps dialogues apart); set packing=False")
+        train_samples = pack_samples(train_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
+        eval_samples = pack_samples(eval_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
+        log.info("packed into %d rows of %d tokens (%.0f%% dialogue tokens)",
+                 len(train_samples), cfg.pack_tokens, 100 * packing_efficiency(train_samples))  # fmt: skip
+        collator = PackedCollator()
     return Trainer(
         model=model,
         args=training_args(cfg),
         train_dataset=train_samples,
         eval_dataset=eval_samples,
-        data_collator=DataCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         callbacks=[
             MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE),
             TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard"))),
