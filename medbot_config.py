@@ -113,6 +113,8 @@ class MedbotConfig:
     """Prompt + answer tokens at most when chatting."""
     stop_sequences: list[str] = field(default_factory=lambda: ["###"])
     """Text that ends the doctor's answer besides EOS (Falcon rarely emits EOS)."""
+    chat_compile: bool = True
+    """On a GPU: static KV cache + torch.compile (CUDA graphs) for decoding; first answer compiles."""
 
     def __post_init__(self) -> None:
         if "{query}" not in self.prompt_template:
@@ -126,7 +128,9 @@ class MedbotConfig:
         if min(self.batch_size, self.grad_accum, self.max_steps, self.eval_steps, self.lora_r) < 1:
             raise ValueError("batch_size, grad_accum, max_steps, eval_steps and lora_r must be >= 1")
         if self.packing and self.pack_tokens < self.max_length:
-            raise ValueError(f"pack_tokens ({self.pack_tokens}) must be at least max_length ({self.max_length})")
+            raise ValueError(
+                f"pack_tokens ({self.pack_tokens}) must be at least max_length ({self.max_length})"
+            )
         if self.compute_dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"compute_dtype must be auto/bf16/fp16/fp32, got {self.compute_dtype!r}")
 

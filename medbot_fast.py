@@ -87,7 +87,10 @@ class PackedCollator:
     """Stacks packed rows; no attention_mask, so position_ids carry the dialogue boundaries."""
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        return {k: torch.tensor([r[k] for r in rows], dtype=torch.long) for k in ("input_ids", "labels", "position_ids")}
+        return {
+            k: torch.tensor([r[k] for r in rows], dtype=torch.long)
+            for k in ("input_ids", "labels", "position_ids")
+        }
 
 
 # ----------------------------------------------------------------------------- attention
@@ -115,21 +118,27 @@ def cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return result
 
 
-def _varlen() -> Any:
+def _varlen() -> tuple[Any, bool]:
+    """torch's flash varlen attention if it can do causal, and whether it takes grouped KV heads."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return None
+        return None, False
     params = inspect.signature(varlen_attn).parameters
-    return varlen_attn if "enable_gqa" in params and "window_size" in params else None
+    if "window_size" not in params:
+        return None, False
+    return varlen_attn, "enable_gqa" in params
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Causal attention within each dialogue. q: (B, H, L, D); k, v: (B, Hkv, L, D) -> (B, L, H*D)."""
     b, h, n, d = q.shape
     cu, longest = cu_seqlens(position_ids)
-    varlen_attn = _varlen() if q.is_cuda else None
+    varlen_attn, gqa = _varlen() if q.is_cuda else (None, False)
     if varlen_attn is not None:
+        if not gqa:  # torch 2.11: no grouped heads, so the one KV head is copied to all 71
+            k, v = k.expand(b, h, n, d), v.expand(b, h, n, d)
+        extra = {"enable_gqa": True} if gqa and k.shape[1] != h else {}
         out = varlen_attn(
             q.transpose(1, 2).reshape(b * n, h, d),
             k.transpose(1, 2).reshape(b * n, k.shape[1], d),
@@ -139,7 +148,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_ids: 
             longest,
             longest,
             window_size=(-1, 0),  # causal
-            enable_gqa=k.shape[1] != h,
+            **extra,
         )
         return out.reshape(b, n, h * d)
     doc = torch.searchsorted(cu[1:], torch.arange(b * n, device=q.device), right=True).view(b, n)

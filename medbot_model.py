@@ -224,12 +224,24 @@ def add_lora(model: nn.Module, cfg: MedbotConfig) -> Any:
     return get_peft_model(model, lora)
 
 
-def load_for_chat(adapter_dir: str | Path) -> tuple[Any, Any, MedbotConfig]:
-    """Base model + saved adapter + the config it was trained with, ready to generate."""
+def load_for_chat(adapter_dir: str | Path, merge: bool | None = None) -> tuple[Any, Any, MedbotConfig]:
+    """Base model + saved adapter + the config it was trained with, ready to generate.
+
+    Args:
+        adapter_dir: the folder `save_adapter` wrote.
+        merge: load the base in 16-bit and merge the LoRA weights into it — decoding then reads
+            one plain weight per layer (several times faster on a GPU). None: merge on GPUs with
+            at least 24 GiB, keep the 4-bit base plus adapter on smaller ones (a T4) and on CPU.
+    """
     from peft import PeftModel
 
     cfg = MedbotConfig.load(adapter_dir)
+    if merge is None:
+        merge = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory >= 24 * 2**30
     tokenizer = load_tokenizer(cfg)
-    model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter_dir))
+    base_cfg = cfg.replace(load_in_4bit=False) if merge else cfg
+    model = PeftModel.from_pretrained(load_base_model(base_cfg), str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
     model.eval()
     return model, tokenizer, cfg

@@ -127,7 +127,9 @@ def build_trainer(
         if not patch_falcon_attention(model):
             # measured: transformers' own position-id packing lets Llama/SmolLM2 rows attend across
             # dialogues, so packing is offered only where our attention keeps them apart
-            raise ValueError("packing needs a Falcon model (our attention keeps dialogues apart); set packing=False")
+            raise ValueError(
+                "packing needs a Falcon model (our attention keeps dialogues apart); set packing=False"
+            )
         train_samples = pack_samples(train_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
         eval_samples = pack_samples(eval_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
         log.info("packed into %d rows of %d tokens (%.0f%% dialogue tokens)",

@@ -205,6 +205,7 @@ def main() -> None:
         "ours-8/step": (fast.replace(packing=False), packed_groups, PackedCollator(), False),
         "ours": (fast, samples, None, False),
         "ours-t4": (t4, samples, None, False),
+        "ours-8k": (fast.replace(pack_tokens=8192), samples, None, False),
     }
     results = []
     for name in args.paths.split(","):
