@@ -136,6 +136,9 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_ids: 
     cu, longest = cu_seqlens(position_ids)
     varlen_attn, gqa = _varlen() if q.is_cuda else (None, False)
     if varlen_attn is not None:
+        if q.dtype not in (torch.float16, torch.bfloat16):  # flash kernels take 16-bit only
+            dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)
         if not gqa:  # torch 2.11: no grouped heads, so the one KV head is copied to all 71
             k, v = k.expand(b, h, n, d), v.expand(b, h, n, d)
         extra = {"enable_gqa": True} if gqa and k.shape[1] != h else {}

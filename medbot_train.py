@@ -12,9 +12,11 @@ TensorBoard under `<logs_dir>/tensorboard`; checkpoints to `<output_dir>/checkpo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +163,27 @@ def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
     if last:
         log.info("resuming from %s", last)
         print(f"Resuming from {last}")
-    return trainer.train(resume_from_checkpoint=last)
+    with _lora_inputs_uncast(trainer.model, enabled=not cfg.upcast_norms and torch.cuda.is_available()):
+        return trainer.train(resume_from_checkpoint=last)
+
+
+@contextlib.contextmanager
+def _lora_inputs_uncast(model: Any, enabled: bool) -> Iterator[None]:
+    """Stop peft from copying every 16-bit activation to fp32 before each (fp32) LoRA layer.
+
+    Under the Trainer's autocast the LoRA matmuls run in 16-bit anyway; the copies cost ~20% of
+    a fast-path step (measured with torch.profiler on an H100). Restored afterwards, because
+    outside autocast (chat) the LoRA layers need the cast.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")] if enabled else []
+    saved = [m.cast_input_dtype_enabled for m in layers]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for m, value in zip(layers, saved):
+            m.cast_input_dtype_enabled = value
 
 
 def save_adapter(model: Any, tokenizer: Any, cfg: MedbotConfig) -> Path:

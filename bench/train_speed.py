@@ -51,12 +51,13 @@ from transformers import (  # noqa: E402
 from medbot_config import reference  # noqa: E402
 from medbot_fast import PackedCollator, pack_samples, patch_falcon_attention  # noqa: E402
 from medbot_model import add_lora, check_4bit, load_base_model  # noqa: E402
-from medbot_train import build_trainer  # noqa: E402
+from medbot_train import build_trainer, train  # noqa: E402
 from medbot_utils import DataCollator  # noqa: E402
 
 FLOP_PER_TOKEN = 28.5e9  # Falcon-7B forward + backward (input grads only: the base is frozen), no recompute
 PEAK_FLOPS = 790e12  # H100 bf16 dense, measured on the device
 PAD = 11
+PROFILE = "--profile" in sys.argv
 FALCON_7B = dict(
     vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71, multi_query=True,
     parallel_attn=True, bias=False, alibi=False, new_decoder_architecture=False, bos_token_id=11, eos_token_id=11,
@@ -83,6 +84,22 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
         self._sync()
         self.times.append(time.perf_counter() - self.t)
+
+
+class DtypeProbe(TrainerCallback):
+    """Prints the dtypes that reach the first attention layer once (fp32 there means slow kernels)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+        import medbot_fast
+
+        original = medbot_fast._attention
+
+        def probe(q, k, v, pos):  # noqa: ANN001, ANN202
+            print(f"  attention inputs: q {q.dtype} {tuple(q.shape)}, k {k.dtype}", flush=True)
+            medbot_fast._attention = original
+            return original(q, k, v, pos)
+
+        medbot_fast._attention = probe
 
 
 class GroupCollator:
@@ -136,7 +153,15 @@ def run_path(name: str, cfg, data, collator, plain: bool, steps: int) -> dict:  
         patch_falcon_attention(model)
     timer = StepTimer()
     trainer.add_callback(timer)
-    trainer.train()
+    trainer.add_callback(DtypeProbe())
+    if PROFILE:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            train(trainer, cfg)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+    else:
+        train(trainer, cfg)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     steady = timer.times[3:] if len(timer.times) > 5 else timer.times
     step_s = statistics.median(steady)
@@ -171,6 +196,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny Falcon on CPU, a few steps")
     ap.add_argument("--paths", default="seed,seed-4bit,ours-8/step,ours,ours-t4")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each path")
     args = ap.parse_args()
     shape = TINY if args.smoke else FALCON_7B
     if args.lengths:
@@ -210,6 +236,9 @@ def main() -> None:
     results = []
     for name in args.paths.split(","):
         cfg, data, collator, plain = plan[name]
+        cfg = cfg.replace(
+            output_dir=str(work / name.replace("/", "-"))
+        )  # no path resumes another's checkpoint
         r = run_path(name, cfg, data, collator, plain, steps)
         results.append(r)
         print(
