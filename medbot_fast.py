@@ -134,7 +134,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position_ids: 
     """Causal attention within each dialogue. q: (B, H, L, D); k, v: (B, Hkv, L, D) -> (B, L, H*D)."""
     b, h, n, d = q.shape
     cu, longest = cu_seqlens(position_ids)
-    varlen_attn, gqa = _varlen() if q.is_cuda else (None, False)
+    flash_ok = q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 8  # no flash on a T4 (sm75)
+    varlen_attn, gqa = _varlen() if flash_ok else (None, False)
     if varlen_attn is not None:
         if q.dtype not in (torch.float16, torch.bfloat16):  # flash kernels take 16-bit only
             dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
