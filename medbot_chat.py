@@ -79,7 +79,15 @@ def respond(
     length = {"max_length": cfg.gen_max_length}
     if max_new_tokens is not None and max_new_tokens < budget:
         length = {"max_new_tokens": max_new_tokens}
-    fast = {"cache_implementation": "static"} if cfg.chat_compile and enc["input_ids"].is_cuda else {}
+    # Static cache + compile only for a plain 16-bit model (load_for_chat merges on big GPUs);
+    # 4-bit bitsandbytes layers are not compiled by transformers.
+    fast = {}
+    if (
+        cfg.chat_compile
+        and enc["input_ids"].is_cuda
+        and not any(type(p).__name__ == "Params4bit" for p in model.parameters())
+    ):
+        fast = {"cache_implementation": "static"}
     if seed is not None:
         torch.manual_seed(seed)
     out = model.generate(
