@@ -2,21 +2,24 @@
 
     model, tokenizer, cfg = load_for_chat("falcon-patient-chatbot/adapter")
     reply = respond(model, tokenizer, cfg, "I have had a dry cough for two weeks.")
-    print(reply.text)        # the doctor's answer followed by the disclaimer
+    print(reply.text)        # emergency advice (if any), the answer, the disclaimer
+    reply.flags              # safety decisions: reason codes and the words that triggered them
 
 The prompt comes from the config saved with the adapter, so chat formats exactly as training
-did. Generation samples with the seed's settings and stops at EOS or at the next `###`
+did. The safety layer (medbot_safety.py) runs inside: triage of the message before generation,
+checks of the answer after. Generation samples with the seed's settings and stops at EOS or at the next `###`
 (Falcon rarely emits EOS); only the answer text is returned, never the prompt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from medbot_config import MedbotConfig
+from medbot_safety import AnswerCheck, Flag, Triage, check_answer, triage
 from medbot_utils import format_prompt
 
 DISCLAIMER = (
@@ -27,16 +30,27 @@ DISCLAIMER = (
 
 @dataclass
 class Reply:
-    """A generated answer: the doctor's words alone, and the disclaimer every surface shows."""
+    """An answer after the safety layer: what to show, and every decision with its evidence."""
 
     answer: str
     disclaimer: str = DISCLAIMER
     new_tokens: int = 0  # tokens generated (the stop sequence included), for speed accounting
+    triage: Triage = field(default_factory=Triage)
+    check: AnswerCheck | None = None
+    raw_answer: str = ""  # the model's words before any rewrite (for evaluation; never displayed)
+
+    @property
+    def flags(self) -> list[Flag]:
+        """Reason codes and evidence of every safety decision on this exchange."""
+        return self.triage.flags + (self.check.flags if self.check else [])
 
     @property
     def text(self) -> str:
-        """What a surface displays: the answer, then the disclaimer."""
-        return f"{self.answer or '(no answer was generated; please rephrase)'}\n\n{self.disclaimer}"
+        """What a surface displays: emergency advice first (if any), the answer, the disclaimer."""
+        parts = [self.triage.advice] if self.triage.advice else []
+        if self.answer or not parts:
+            parts.append(self.answer or "(no answer was generated; please rephrase)")
+        return "\n\n".join(parts + [self.disclaimer])
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -67,6 +81,9 @@ def respond(
     """
     if not query or not query.strip():
         raise ValueError("the patient query is empty")
+    verdict = triage(query)  # before generation: emergency advice is shown whatever the model says
+    if verdict.non_english:
+        return Reply(answer="", triage=verdict)
     prompt = format_prompt(query, cfg.prompt_template)
     enc = tokenizer(prompt, return_tensors="pt").to(model.device)
     prompt_len = enc["input_ids"].shape[1]
@@ -104,6 +121,8 @@ def respond(
         eos_token_id=tokenizer.eos_token_id,
     )
     new_text = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+    raw = cut_at_stop(new_text, cfg.stop_sequences).strip()
+    check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
     return Reply(
-        answer=cut_at_stop(new_text, cfg.stop_sequences).strip(), new_tokens=out.shape[1] - prompt_len
+        answer=check.text, new_tokens=out.shape[1] - prompt_len, triage=verdict, check=check, raw_answer=raw
     )
