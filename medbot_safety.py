@@ -51,7 +51,9 @@ NON_ENGLISH = (
 EMERGENCIES: dict[str, list[list[str]]] = {
     "cardiac": [
         [r"\bchest\b|breastbone|sternum|heart attack"],
-        [r"pain|pressure|tight|heav|crush|squeez|band\b|ache|hurt|clutch|discomfort|elephant|heart attack"],
+        [
+            r"pain|pressure|tight|heav|crush|squeez|band\b|ache|hurt|clutch|discomfort|elephant|heart attack|sitting on|weight on|pressing"
+        ],
         [
             r"\b(arm|jaw|neck|shoulder|back)\b",
             r"sweat|drench|clammy",
@@ -65,6 +67,8 @@ EMERGENCIES: dict[str, list[list[str]]] = {
             r"\b(face|mouth|smile|lips?|eyelid)\b.{0,30}(droop|fallen|fell|dropp|sag|lopsided|crooked|uneven|twist)",
             r"(droop|sagg|lopsided|crooked|uneven)\w*.{0,20}\b(face|mouth|smile)\b",
             r"slurr|garbl|jumbl",
+            r"words.{0,25}(wrong|jumbled|mixed up|garbled|make no sense|don'?t make sense)",
+            r"\b(arm|leg|hand)\b.{0,15}(went |gone |is )?(limp|dead|floppy)",
             r"speech.{0,30}(strange|weird|funny|nonsense|gone|stopped|suddenly)",
             r"(suddenly|sudden).{0,30}(can'?t|cannot|unable to) (speak|talk)",
             r"can'?t (speak|talk) (properly|clearly|right)",
@@ -77,7 +81,9 @@ EMERGENCIES: dict[str, list[list[str]]] = {
     ],
     "breathing": [
         [
-            r"(can'?t|cannot|unable to|struggling to|struggle to|hard to|barely|trouble|difficulty|fighting to) "
+            r"(isn'?t|is not|not|stopped|has stopped|wasn'?t) breathing",
+            r"turning blue|going blue|blue in the face",
+            r"(can'?t|cannot|unable to|struggling to|struggle to|hard to|barely|hardly|trouble|difficulty|fighting to) "
             r"(breathe|breath|get (enough |any )?air|catch (my|his|her|their) breath)",
             r"gasping|fighting for (air|breath)",
             r"(severe|extreme|very bad) (short(ness)? of breath|breathlessness|difficulty breathing)",
@@ -147,6 +153,8 @@ EMERGENCIES: dict[str, list[list[str]]] = {
         [
             r"(heavy|a lot of|lots of) (vaginal )?bleeding",
             r"bleeding (heavily|a lot)",
+            r"(i'?m|i am|she'?s|she is|started) bleeding|vaginal bleeding|bleeding (from|down there)",
+            r"(pain|cramps?).{0,20}(unbearable|excruciating|agonising|agonizing|really bad)",
             r"(a lot of|lots of|heavy) blood",
             r"(severe|really bad|extreme|terrible|very bad|unbearable) (stomach|abdominal|belly|tummy|pelvic) (pain|cramps?)",
             r"(stomach|abdominal|belly|tummy|pelvic) (pain|cramps?).{0,30}(severe|won'?t (ease|stop|go))",
@@ -159,21 +167,24 @@ EMERGENCIES: dict[str, list[list[str]]] = {
     "infant_fever": [
         [
             r"(newborn|new born|neonate)",
+            r"\b\d{1,2} ?days?[ -]old",
             r"\b([1-9]|1[0-2]) ?(weeks?|wks?)[ -]old",
             r"\b(1|2|one|two) ?months?[ -]old",
             r"\b(a|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve) weeks? old",
         ],
         [
             r"fever|temperature|\btemp\b|feverish|burning up|\b3[89](\.\d)? ?(c|°c)|\b3[89]\.\d\b|\b10[0-5](\.\d)? ?(f|°f)|"
-            r"hot to (the )?touch"
+            r"hot to (the )?touch|feels? (very |really |so )?hot"
         ],
     ],
     "poisoning_overdose": [
         [
             r"overdos",
             r"took (too many|a lot of|a whole (bottle|pack|box)|an entire)",
+            r"took \d{2,} (\w+ )?(pills|tablets|capsules)",
+            r"took (a )?(handful|bottle|packet|box) of",
             r"swallowed.{0,30}(bleach|poison|battery|batteries|detergent|pods?|antifreeze|pills|tablets|chemicals?)",
-            r"drank.{0,30}(bleach|antifreeze|poison|cleaner|chemical|detergent)",
+            r"drank.{0,30}(bleach|antifreeze|poison|cleaner|chemical|detergent|drain)",
             r"(?<!food )\bpoison(ed|ing)?\b",
             r"(pills|tablets|medicine|medication|meds).{0,40}(by mistake|by accident)",
             r"(took|taken|swallowed|ate|drank).{0,40}(by mistake|by accident)",
@@ -208,6 +219,8 @@ EMERGENCIES: dict[str, list[list[str]]] = {
             r"take my (own )?life",
             r"overdose on purpose",
             r"(thinking|thoughts) (about|of) (dying|death|not being here)",
+            r"never wake up|disappear forever",
+            r"(don'?t|do not) want to be here (anymore|any more)",
         ],
     ],
 }
