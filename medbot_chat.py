@@ -59,7 +59,6 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
-@torch.inference_mode()
 def respond(
     model: Any,
     tokenizer: Any,
@@ -79,23 +78,43 @@ def respond(
         seed: fixes the sampling for reproducible answers.
         max_new_tokens: cap on answer tokens (default: up to cfg.gen_max_length in total).
     """
-    if not query or not query.strip():
+    return respond_batch(model, tokenizer, cfg, [query], seed=seed, max_new_tokens=max_new_tokens)[0]
+
+
+@torch.inference_mode()
+def respond_batch(
+    model: Any,
+    tokenizer: Any,
+    cfg: MedbotConfig,
+    queries: list[str],
+    *,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+) -> list[Reply]:
+    """Answer several queries in one batched generation (left padding); same path as `respond`.
+
+    Each query is triaged before generation and each answer checked after; messages that are
+    not English get the fallback and are not generated for.
+    """
+    if any(not q or not q.strip() for q in queries):
         raise ValueError("the patient query is empty")
-    verdict = triage(query)  # before generation: emergency advice is shown whatever the model says
-    if verdict.non_english:
-        return Reply(answer="", triage=verdict)
-    prompt = format_prompt(query, cfg.prompt_template)
-    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-    prompt_len = enc["input_ids"].shape[1]
-    budget = cfg.gen_max_length - prompt_len
+    verdicts = [triage(q) for q in queries]  # before generation: emergency advice comes first
+    replies = [Reply(answer="", triage=v) for v in verdicts]
+    todo = [i for i, v in enumerate(verdicts) if not v.non_english]
+    if not todo:
+        return replies
+    prompts = [format_prompt(queries[i], cfg.prompt_template) for i in todo]
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    width = enc["input_ids"].shape[1]
+    longest = int(enc["attention_mask"].sum(1).max())
+    budget = cfg.gen_max_length - longest
     if budget < 1:
-        raise ValueError(
-            f"the query is {prompt_len} tokens with the prompt; the limit is {cfg.gen_max_length}"
-        )
+        raise ValueError(f"the query is {longest} tokens with the prompt; the limit is {cfg.gen_max_length}")
     # A fixed total length keeps the static KV cache one size, so it compiles once for all queries.
-    length = {"max_length": cfg.gen_max_length}
-    if max_new_tokens is not None and max_new_tokens < budget:
-        length = {"max_new_tokens": max_new_tokens}
+    length = {"max_new_tokens": budget if max_new_tokens is None else min(budget, max_new_tokens)}
+    if max_new_tokens is None and width == longest:
+        length = {"max_length": cfg.gen_max_length}
     # Static cache + compile only for a plain 16-bit model (load_for_chat merges on big GPUs);
     # 4-bit bitsandbytes layers are not compiled by transformers.
     fast = {}
@@ -120,9 +139,13 @@ def respond(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    new_text = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
-    raw = cut_at_stop(new_text, cfg.stop_sequences).strip()
-    check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
-    return Reply(
-        answer=check.text, new_tokens=out.shape[1] - prompt_len, triage=verdict, check=check, raw_answer=raw
-    )
+    for row, i in enumerate(todo):
+        new = out[row, width:]
+        new_text = tokenizer.decode(new, skip_special_tokens=True)
+        raw = cut_at_stop(new_text, cfg.stop_sequences).strip()
+        check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
+        n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
+        replies[i] = Reply(
+            answer=check.text, new_tokens=n_new, triage=verdicts[i], check=check, raw_answer=raw
+        )
+    return replies

