@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -176,9 +177,13 @@ def write_report(results: dict, cfg: Any, held: list[Dialogue], out_dir: Path) -
         cells = [d.input, d.output, held_set["base"]["answers"][i], held_set["finetuned"]["answers"][i]]
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ")[:300] for c in cells) + " |")
     lines += ["", "## Plots", ""]
-    for png in ("loss.png", "token_lengths.png", "eval_metrics.png"):
-        lines.append(f"![{png}]({png})")
     plot_metrics(results, out_dir / "eval_metrics.png")
+    for png in ("loss.png", "token_lengths.png", "eval_metrics.png"):
+        src = Path(cfg.logs_dir) / png
+        if src.exists() and not (out_dir / png).exists():
+            shutil.copy(src, out_dir / png)  # the training run's plots travel with the report
+        if (out_dir / png).exists():
+            lines.append(f"![{png}]({png})")
     lines += ["", "## Reproduce", "", "```json", json.dumps(results["run"], indent=2), "```"]
     path = out_dir / "eval_report.md"
     path.write_text("\n".join(lines) + "\n")
