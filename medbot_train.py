@@ -32,6 +32,7 @@ from medbot_utils import DataCollator
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG = "run_config.json"  # the config of the run whose checkpoints are in output_dir
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -160,11 +161,32 @@ def evaluate(trainer: Trainer) -> dict[str, float]:
 def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
     """Train to cfg.max_steps, resuming from the newest checkpoint when cfg.resume allows."""
     last = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
+    stamp = Path(cfg.output_dir) / RUN_CONFIG
+    if last and stamp.exists():
+        _check_same_run(MedbotConfig.load(stamp), cfg, last)
     if last:
         log.info("resuming from %s", last)
         print(f"Resuming from {last}")
+    cfg.save(stamp)
     with _lora_inputs_uncast(trainer.model, enabled=not cfg.upcast_norms and torch.cuda.is_available()):
         return trainer.train(resume_from_checkpoint=last)
+
+
+# Fields that change what a checkpoint has learned; a resumed run must agree on all of them
+# (max_steps, eval_steps and logging may change: extending a run is a normal resume).
+SAME_RUN_FIELDS = ("model_name", "data_path", "input_field", "output_field", "eval_fraction", "seed", "max_length",
+                   "prompt_template", "lora_r", "lora_alpha", "target_modules", "load_in_4bit", "packing",
+                   "pack_tokens", "batch_size", "grad_accum")  # fmt: skip
+
+
+def _check_same_run(saved: MedbotConfig, cfg: MedbotConfig, checkpoint: str) -> None:
+    """Refuse to resume a checkpoint that another configuration (other data, model ...) wrote."""
+    differ = [f for f in SAME_RUN_FIELDS if getattr(saved, f) != getattr(cfg, f)]
+    if differ:
+        raise ValueError(
+            f"{checkpoint} was written by a different run ({', '.join(f'{f}: {getattr(saved, f)!r} -> {getattr(cfg, f)!r}' for f in differ)}); "
+            f"remove {cfg.output_dir} or choose another output_dir, or set resume=False to start over there"
+        )
 
 
 @contextlib.contextmanager

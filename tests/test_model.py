@@ -134,3 +134,16 @@ def test_resume_gives_the_same_later_losses(tiny_cfg, tokenizer, tmp_path):
     assert sorted(got) == sorted(expected) == list(range(1, 7))  # step 4 logged once, not twice
     for step in (4, 5, 6):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_resume_refuses_checkpoints_of_a_different_run(tiny_cfg, tokenizer):
+    def run(cfg):  # noqa: ANN001, ANN202
+        model = add_lora(load_base_model(cfg), cfg)
+        train(build_trainer(model, tokenizer, samples(tokenizer, cfg), samples(tokenizer, cfg, 4), cfg), cfg)
+
+    first = tiny_cfg.replace(max_steps=3, eval_steps=3)
+    run(first)
+    with pytest.raises(ValueError, match="different run .*data_path"):
+        run(first.replace(max_steps=4, data_path="other.jsonl"))
+    run(first.replace(max_steps=4))  # extending the same run resumes
+    assert read_metrics(f"{first.logs_dir}/metrics.jsonl")[-1]["step"] == 4
