@@ -112,9 +112,11 @@ def respond_batch(
     if budget < 1:
         raise ValueError(f"the query is {longest} tokens with the prompt; the limit is {cfg.gen_max_length}")
     # A fixed total length keeps the static KV cache one size, so it compiles once for all queries.
-    length = {"max_new_tokens": budget if max_new_tokens is None else min(budget, max_new_tokens)}
-    if max_new_tokens is None and width == longest:
-        length = {"max_length": cfg.gen_max_length}
+    length = (
+        {"max_length": cfg.gen_max_length}
+        if max_new_tokens is None
+        else {"max_new_tokens": min(budget, max_new_tokens)}
+    )
     # Static cache + compile only for a plain 16-bit model (load_for_chat merges on big GPUs);
     # 4-bit bitsandbytes layers are not compiled by transformers.
     fast = {}

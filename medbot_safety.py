@@ -520,7 +520,7 @@ _FREQ = re.compile(
 _LIMIT = re.compile(
     r"(no more than|not more than|up to|maximum( of)?|max\.?|not exceed|limit of|at most|more than)\s*$"
 )
-_WORDS = {"once": 1, "twice": 2, "three": 3, "four": 4, "five": 5, "six": 6, "eight": 8, "ten": 10}
+_WORDS = {"once": 1, "twice": 2, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "eight": 8, "ten": 10}
 
 
 def _dose_flags(text: str) -> list[Flag]:
@@ -567,7 +567,7 @@ def _tablets_before(sentence: str, pos: int) -> int:
     if not m:
         return 1
     n = m.group(1)
-    return int(n) if n.isdigit() else _WORDS.get(n, {"two": 2}.get(n, 1))
+    return int(n) if n.isdigit() else _WORDS.get(n, 1)
 
 
 def _per_day(after: str) -> float | None:
