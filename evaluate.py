@@ -40,18 +40,19 @@ from medbot_utils import Dialogue, load_dialogues, split_dialogues
 METRICS = ("rouge_l", "bleu", "similarity", "words")
 
 
-def evaluate_set(model: Any, tok: Any, cfg: Any, rows: list[Dialogue], embedder: Embedder, args: Any) -> dict:
+def evaluate_set(
+    model: Any, tok: Any, cfg: Any, rows: list[Dialogue], embedder: Embedder,
+    *, batch: int = 8, seed: int = 0, gen_tokens: int = 128,
+) -> dict:  # fmt: skip
     """Perplexity of references, then generated answers scored against them, for base and fine-tuned."""
     out: dict[str, Any] = {"n": len(rows)}
     for name in ("base", "finetuned"):
         with model.disable_adapter() if name == "base" else nullcontext():
             ppl = answer_perplexity(model, tok, cfg, rows)
             replies = []
-            for i in range(0, len(rows), args.batch):
-                chunk = [d.input for d in rows[i : i + args.batch]]
-                replies += respond_batch(
-                    model, tok, cfg, chunk, seed=args.seed + i, max_new_tokens=args.gen_tokens
-                )
+            for i in range(0, len(rows), batch):
+                chunk = [d.input for d in rows[i : i + batch]]
+                replies += respond_batch(model, tok, cfg, chunk, seed=seed + i, max_new_tokens=gen_tokens)
         answers = [r.answer for r in replies]
         scores = answer_metrics(answers, [d.output for d in rows], embedder)
         flagged = [any(f.code.startswith("answer.") for f in r.flags) for r in replies]
@@ -62,7 +63,7 @@ def evaluate_set(model: Any, tok: Any, cfg: Any, rows: list[Dialogue], embedder:
             "unsafe_rate": statistics.fmean(flagged),
         }
     out["diff"] = {
-        m: paired_bootstrap(out["finetuned"]["scores"][m], out["base"]["scores"][m], seed=args.seed)
+        m: paired_bootstrap(out["finetuned"]["scores"][m], out["base"]["scores"][m], seed=seed)
         for m in METRICS
     }
     out["perplexity_change"] = out["finetuned"]["perplexity"] / out["base"]["perplexity"] - 1
@@ -101,20 +102,22 @@ def main() -> None:
     rows, _ = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)
     held = split_dialogues(rows, cfg.eval_fraction, cfg.seed)[1][: args.heldout]
     started = time.time()
-    results: dict[str, Any] = {"sets": {"held-out": evaluate_set(model, tok, cfg, held, embedder, args)}}
+    gen = {"batch": args.batch, "seed": args.seed, "gen_tokens": args.gen_tokens}
+    results: dict[str, Any] = {"sets": {"held-out": evaluate_set(model, tok, cfg, held, embedder, **gen)}}
     data_files = [cfg.data_path]
     if args.liveqa:
         live, _ = load_dialogues(args.liveqa)
-        results["sets"]["liveqa"] = evaluate_set(model, tok, cfg, live, embedder, args)
+        results["sets"]["liveqa"] = evaluate_set(model, tok, cfg, live, embedder, **gen)
         data_files.append(args.liveqa)
     if args.knowledge:
         results["knowledge"] = evaluate_knowledge(model, tok, Path(args.knowledge), args.mcq, args.seed)
         data_files += [str(p) for p in sorted(Path(args.knowledge).glob("*.jsonl"))]
-    results["run"] = run_facts(cfg, args, data_files, time.time() - started)
+    results["run"] = run_facts(cfg, args.seed, data_files, time.time() - started)
     write_report(results, cfg, held, out_dir)
 
 
-def run_facts(cfg: Any, args: Any, files: list[str], seconds: float) -> dict:
+def run_facts(cfg: Any, seed: int, files: list[str], seconds: float) -> dict:
+    """What a reader needs to reproduce the numbers: command, seed, config, data hashes, versions, hardware."""
     import peft
     import transformers
 
@@ -124,7 +127,7 @@ def run_facts(cfg: Any, args: Any, files: list[str], seconds: float) -> dict:
 
     return {
         "command": " ".join(sys.argv),
-        "seed": args.seed,
+        "seed": seed,
         "config": json.loads(json.dumps(cfg.__dict__)),
         "data_sha256": {f: sha(f) for f in files},
         "packages": {

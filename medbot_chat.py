@@ -13,14 +13,19 @@ checks of the answer after. Generation samples with the seed's settings and stop
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from medbot_config import MedbotConfig
 from medbot_safety import AnswerCheck, Flag, Triage, check_answer, triage
-from medbot_utils import format_prompt
+from medbot_utils import format_conversation, format_prompt
 
 DISCLAIMER = (
     "This is an AI research demo, not medical advice, and not a doctor. "
@@ -106,48 +111,196 @@ def respond_batch(
     prompts = [format_prompt(queries[i], cfg.prompt_template) for i in todo]
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = model.generate(**enc, **kwargs)
     width = enc["input_ids"].shape[1]
+    for row, i in enumerate(todo):
+        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i])
+    return replies
+
+
+def generate_kwargs(
+    model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, max_new_tokens: int | None
+) -> dict:
+    """Sampling, length and stop settings shared by the batched and the streaming path."""
     longest = int(enc["attention_mask"].sum(1).max())
     budget = cfg.gen_max_length - longest
     if budget < 1:
         raise ValueError(f"the query is {longest} tokens with the prompt; the limit is {cfg.gen_max_length}")
     # A fixed total length keeps the static KV cache one size, so it compiles once for all queries.
-    length = (
-        {"max_length": cfg.gen_max_length}
-        if max_new_tokens is None
-        else {"max_new_tokens": min(budget, max_new_tokens)}
-    )
+    if max_new_tokens is None:
+        kwargs: dict[str, Any] = {"max_length": cfg.gen_max_length}
+    else:
+        kwargs = {"max_new_tokens": min(budget, max_new_tokens)}
     # Static cache + compile only for a plain 16-bit model (load_for_chat merges on big GPUs);
     # 4-bit bitsandbytes layers are not compiled by transformers.
-    fast = {}
     if (
         cfg.chat_compile
         and enc["input_ids"].is_cuda
         and not any(type(p).__name__ == "Params4bit" for p in model.parameters())
     ):
-        fast = {"cache_implementation": "static"}
-    if seed is not None:
-        torch.manual_seed(seed)
-    out = model.generate(
-        **enc,
-        **length,
-        **fast,
-        do_sample=True,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        stop_strings=cfg.stop_sequences,
-        tokenizer=tokenizer,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        kwargs["cache_implementation"] = "static"
+    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
+    return (
+        kwargs
+        | (sampling if cfg.temperature > 0 else {"do_sample": False})
+        | {
+            "stop_strings": cfg.stop_sequences,
+            "tokenizer": tokenizer,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
     )
-    for row, i in enumerate(todo):
-        new = out[row, width:]
-        new_text = tokenizer.decode(new, skip_special_tokens=True)
-        raw = cut_at_stop(new_text, cfg.stop_sequences).strip()
-        check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
-        n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
-        replies[i] = Reply(
-            answer=check.text, new_tokens=n_new, triage=verdicts[i], check=check, raw_answer=raw
+
+
+def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage) -> Reply:
+    """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer."""
+    raw = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_sequences).strip()
+    check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
+    n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
+    return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
+
+
+# ----------------------------------------------------------------------------- streaming
+
+WITHDRAWN = "[The text above was withdrawn by the safety check.]"
+_SENTENCE_END = re.compile(r"[.!?:;](?=\s)|\n")
+
+
+class _Cancel(StoppingCriteria):
+    """Stops generation when a surface cancels (client gone, unsafe text, stop marker seen)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
         )
-    return replies
+
+
+@dataclass
+class ReplyStream:
+    """A reply as it is generated. Iterate for text pieces; `reply` is set when iteration ends.
+
+    Text is released a sentence at a time, and only after the safety check has passed on
+    everything so far, so no surface ever shows an unchecked sentence. If the final check
+    rewrites the answer, the last piece withdraws what was shown and gives the safe text.
+    """
+
+    triage: Triage
+    prompt_turns: int = 0  # earlier exchanges that fitted into the prompt (oldest are left out first)
+    reply: Reply | None = None
+    finish_reason: str = "stop"  # stop | length | timeout | cancelled | safety
+    _pieces: Iterator[str] = field(default_factory=lambda: iter(()))
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def cancel(self) -> None:
+        """Stop generating (e.g. the client went away); the reply keeps what was generated."""
+        self._stop.set()
+        if self.finish_reason == "stop":
+            self.finish_reason = "cancelled"
+
+
+def respond_stream(
+    model: Any,
+    tokenizer: Any,
+    cfg: MedbotConfig,
+    query: str,
+    *,
+    history: list[tuple[str, str]] | None = None,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+    max_time: float | None = None,
+) -> ReplyStream:
+    """Stream the answer to `query`: the same prompt, sampling and safety layer as `respond`.
+
+    Args:
+        history: earlier (patient, doctor answer) exchanges of this conversation, oldest first;
+            they go into the prompt in the training template, oldest dropped first if too long.
+        max_time: seconds after which generation stops (finish_reason "timeout").
+        Other arguments as in `respond`; with the same seed and no history the final reply
+        equals `respond`'s.
+    """
+    if not query or not query.strip():
+        raise ValueError("the patient query is empty")
+    stream = ReplyStream(triage=triage(query))
+    if stream.triage.non_english:
+        stream.reply = Reply(answer="", triage=stream.triage)
+        return stream
+    turns = list(history or [])
+    while True:  # the newest exchanges that fit in half the generation budget
+        prompt = format_conversation(query, cfg.prompt_template, turns)
+        if not turns or len(tokenizer(prompt)["input_ids"]) <= cfg.gen_max_length // 2:
+            break
+        turns = turns[1:]
+    stream.prompt_turns = len(turns)
+    enc = tokenizer([prompt], return_tensors="pt").to(model.device)
+    kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
+    stream._pieces = _pieces(stream, model, tokenizer, cfg, enc, kwargs, seed, max_time)
+    return stream
+
+
+def _pieces(
+    stream: ReplyStream, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
+    seed: int | None, max_time: float | None,
+) -> Iterator[str]:  # fmt: skip
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out: dict[str, torch.Tensor] = {}
+    extra = {"max_time": max_time} if max_time else {}
+
+    def run() -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            with torch.inference_mode():
+                out["ids"] = model.generate(**enc, **kwargs, **extra, streamer=streamer,
+                                            stopping_criteria=StoppingCriteriaList([_Cancel(stream._stop)]))  # fmt: skip
+        except BaseException as e:  # surfaced in the consumer's thread below
+            out["error"] = e  # type: ignore[assignment]
+            streamer.end()
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text, shown, completed = "", "", False
+    try:
+        for piece in streamer:
+            text += piece
+            visible = cut_at_stop(text, cfg.stop_sequences).lstrip()
+            ends = [m.end() for m in _SENTENCE_END.finditer(visible)]
+            ready = visible[: ends[-1]] if ends else ""
+            if len(ready) > len(shown):
+                if not check_answer(ready).safe:
+                    stream._stop.set()  # stop generating: the final check below rewrites it
+                    stream.finish_reason = "safety"
+                    break
+                yield ready[len(shown) :]
+                shown = ready
+            if len(visible) < len(text.lstrip()):
+                break  # the stop marker arrived; generate() ends at it too
+        completed = True
+    finally:
+        if not completed:  # the consumer abandoned the stream: never leave generate() running
+            stream._stop.set()
+        worker.join()
+    if "error" in out:
+        raise out["error"]
+    new = out["ids"][0, enc["input_ids"].shape[1] :]
+    reply = finish(tokenizer, cfg, new, stream.triage)
+    stream.reply = reply
+    if stream.finish_reason == "stop":
+        if max_time and time.monotonic() - started >= max_time:
+            stream.finish_reason = "timeout"
+        elif len(new) >= kwargs.get("max_new_tokens", cfg.gen_max_length - enc["input_ids"].shape[1]):
+            stream.finish_reason = "length"
+    if reply.check and not reply.check.safe:
+        stream.finish_reason = "safety"
+        yield ("\n\n" + WITHDRAWN + "\n\n" if shown else "") + reply.answer
+    elif len(reply.answer) > len(shown):
+        yield reply.answer[len(shown) :]

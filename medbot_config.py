@@ -203,6 +203,7 @@ def embedded() -> MedbotConfig:
         compute_dtype="fp32",
         target_modules=None,
         max_length=256,
+        learning_rate=1e-3,  # a 135M model's LoRA learns in tens of steps at this rate (2e-4 crawls)
         max_eval_samples=32,
         max_steps=20,
         eval_steps=10,

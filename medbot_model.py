@@ -140,15 +140,20 @@ def load_base_model(cfg: MedbotConfig) -> Any:
             bnb_4bit_use_double_quant=cfg.double_quant,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        kwargs["device_map"] = {"": _local_gpu()} if torch.cuda.is_available() else {"": "cpu"}
     elif torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": _local_gpu()}
     with falcon_linear_as_nn_linear():
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if cfg.load_in_4bit:
         n4, nlin = check_4bit(model, cfg.target_modules or find_target_modules(model))
         log.info("4-bit check passed: %d of %d linear layers are 4-bit", n4, nlin)
     return model
+
+
+def _local_gpu() -> int:
+    """This process's GPU: its LOCAL_RANK under accelerate/torchrun (each keeps its own 4-bit copy)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _linear_types() -> tuple[type, ...]:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def training_args(cfg: MedbotConfig) -> TrainingArguments:
         remove_unused_columns=False,  # our samples carry prompt_len etc.; the collator picks columns
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every step (multi-GPU runs)
         **dtype_flags,
     )
 
@@ -144,11 +146,18 @@ def build_trainer(
         train_dataset=train_samples,
         eval_dataset=eval_samples,
         data_collator=collator,
-        callbacks=[
-            MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE),
-            TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard"))),
-        ],
+        callbacks=[MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE)]
+        + (
+            [TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard")))]
+            if is_main_process()
+            else []
+        ),
     )
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in rank 0 of a distributed run (the one that writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def evaluate(trainer: Trainer) -> dict[str, float]:
@@ -167,7 +176,8 @@ def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
     if last:
         log.info("resuming from %s", last)
         print(f"Resuming from {last}")
-    cfg.save(stamp)
+    if is_main_process():
+        cfg.save(stamp)
     with _lora_inputs_uncast(trainer.model, enabled=not cfg.upcast_norms and torch.cuda.is_available()):
         return trainer.train(resume_from_checkpoint=last)
 

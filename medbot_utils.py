@@ -257,6 +257,12 @@ def format_prompt(query: str, template: str) -> str:
     return template.format(query=query.strip())
 
 
+def format_conversation(query: str, template: str, history: list[tuple[str, str]] | None = None) -> str:
+    """A multi-turn prompt: earlier (query, answer) exchanges in the training template, then the query."""
+    turns = [format_prompt(q, template) + " " + a.strip() for q, a in history or []]
+    return "\n".join(turns + [format_prompt(query, template)])
+
+
 def tokenize_pair(tokenizer: Any, prompt: str, answer: str, max_length: int) -> dict[str, Any]:
     """Token ids for prompt + " " + answer + EOS, with labels only on the answer.
 

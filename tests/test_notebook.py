@@ -32,7 +32,7 @@ def executed(tmp_path_factory):
     nb = papermill.execute_notebook(
         str(work / NOTEBOOK),
         str(work / "executed.ipynb"),
-        parameters={"PROFILE": "embedded"},
+        parameters={"PROFILE": "embedded", "LAUNCH_WEB_APP": True},
         cwd=str(work),
         kernel_name="python3",
         progress_bar=False,
@@ -86,3 +86,27 @@ def test_saved_adapter_chats_in_a_fresh_process(executed):
     assert result["answer"].strip()
     assert "Patient query" not in result["answer"] and "sore throat for two days" not in result["answer"]
     assert result["template"].startswith("### The following is a doctor's opinion")
+
+
+def test_evaluation_section_writes_the_report(executed):
+    work, nb = executed
+    logs = work / "logs"
+    report = (logs / "eval_report.md").read_text()
+    for section in (
+        "## Answer quality",
+        "## Example answers",
+        "## Plots",
+        "## Reproduce",
+        "Not for medical use",
+    ):
+        assert section in report
+    held = json.loads((logs / "eval_results.json").read_text())["sets"]["held-out"]
+    assert held["finetuned"]["perplexity"] < held["base"]["perplexity"]  # the adapter learned something
+    assert (logs / "eval_metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_web_app_cell_serves_the_chat_page(executed):
+    _, nb = executed
+    web = next(c for c in nb.cells if c.cell_type == "code" and "launch(model" in c.source)
+    text = "".join(o.get("text", "") for o in web.outputs)
+    assert "medbot chat page: http://127.0.0.1:7860" in text and "Not for medical use" in text

@@ -1,0 +1,509 @@
+"""The web app: a streaming chat page and an OpenAI-compatible API on one server.
+
+    python medbot_web.py                                          # embedded default, http://127.0.0.1:7860
+    python medbot_web.py --adapter falcon-patient-chatbot/adapter # your fine-tuned model
+    python medbot_web.py --share                                  # public link (Colab); password required
+
+    curl localhost:7860/v1/chat/completions -H 'content-type: application/json' \\
+        -d '{"messages": [{"role": "user", "content": "I have a sore throat."}], "stream": true}'
+
+Every answer comes from `respond_stream` (medbot_chat.py), the notebook's generation path with
+the safety layer inside: emergency advice first, text released only after the answer check,
+the disclaimer on every reply. One model serves one request at a time; `queue_size` more wait,
+the rest get 429. Message text is never logged unless `--log-messages` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from medbot_chat import DISCLAIMER, ReplyStream, respond_stream
+from medbot_config import MedbotConfig
+from medbot_safety import CRISIS_ADVICE, EMERGENCY_ADVICE, NON_ENGLISH
+
+log = logging.getLogger("medbot.web")
+
+MAX_MESSAGE_CHARS = 4000  # schema bounds; `Limits` may set tighter ones
+MAX_MESSAGES = 64
+API_KEY_ENV = "MEDBOT_API_KEY"
+
+
+@dataclass
+class Limits:
+    """What one server accepts; every limit answers with a clear 4xx, never a crash."""
+
+    max_message_chars: int = 2000  # longest single message (422 above it)
+    max_body_bytes: int = 64 * 1024  # largest request body on /v1 (413 above it)
+    queue_size: int = 8  # requests that may wait while one generates (429 beyond)
+    queue_wait_s: float = 120.0  # a waiting request gives up with 429 after this
+    gen_timeout_s: float = 60.0  # generation stops after this (finish_reason "length")
+    max_new_tokens: int = 256  # upper bound of a request's max_tokens
+
+
+class Gate:
+    """One generation at a time (one model, one device); a bounded queue waits, the rest are refused."""
+
+    def __init__(self, queue_size: int, wait_s: float) -> None:
+        self.capacity, self.wait_s = 1 + queue_size, wait_s
+        self._run = threading.Lock()
+        self._count = threading.Lock()
+        self.admitted = 0
+
+    def enter(self) -> bool:
+        """Blocks until it is this request's turn; False when the queue is full or the wait too long."""
+        with self._count:
+            if self.admitted >= self.capacity:
+                return False
+            self.admitted += 1
+        if self._run.acquire(timeout=self.wait_s):
+            return True
+        with self._count:
+            self.admitted -= 1
+        return False
+
+    def leave(self) -> None:
+        self._run.release()
+        with self._count:
+            self.admitted -= 1
+
+
+# ----------------------------------------------------------------------------- OpenAI-compatible schema
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatRequest(BaseModel):
+    """The subset of OpenAI's chat-completions request that a local model can honour."""
+
+    model_config = ConfigDict(extra="ignore")  # clients send many optional fields; unknown ones are ignored
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0.0, le=1.5, description="0 = greedy")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, le=200)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    n: int = Field(1, ge=1, le=1, description="one answer per request")
+
+
+def split_conversation(messages: list[Message], limit: int) -> tuple[str, list[tuple[str, str]]]:
+    """(latest patient message, earlier (patient, doctor) exchanges); system messages are ignored
+    because the prompt template is fixed by training."""
+    turns = [m for m in messages if m.role != "system"]
+    if not turns or turns[-1].role != "user":
+        raise HTTPException(422, "the last message must have role 'user'")
+    for m in turns:
+        if len(m.content) > limit:
+            raise HTTPException(422, f"a message is {len(m.content)} characters; the limit is {limit}")
+    if not turns[-1].content.strip():
+        raise HTTPException(422, "the last user message is empty")
+    history, pending = [], None
+    for m in turns[:-1]:
+        if m.role == "user":
+            pending = m.content
+        elif pending is not None:
+            history.append((pending, answer_only(m.content)))
+            pending = None
+    return turns[-1].content, history
+
+
+def answer_only(text: str) -> str:
+    """A displayed reply without the safety texts, so that history holds only the model's answers."""
+    for fixed in (DISCLAIMER, CRISIS_ADVICE, EMERGENCY_ADVICE, NON_ENGLISH):
+        text = text.replace(fixed, "")
+    return text.strip()
+
+
+FINISH = {
+    "stop": "stop",
+    "cancelled": "stop",
+    "length": "length",
+    "timeout": "length",
+    "safety": "content_filter",
+}
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies on /v1 larger than `limit` bytes get 413 before parsing."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(
+            {"error": {"message": f"request body over {self.limit} bytes", "type": "too_large"}}
+        )
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Server:
+    """The model, its config, the limits and the gate shared by the chat page and the API."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: MedbotConfig, limits: Limits | None = None,
+                 api_key: str | None = None, model_id: str = "medbot", log_messages: bool = False) -> None:  # fmt: skip
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.limits = limits or Limits()
+        self.api_key = api_key
+        self.model_id = model_id
+        self.log_messages = log_messages
+        self.gate = Gate(self.limits.queue_size, self.limits.queue_wait_s)
+
+    def stream(self, query: str, history: list[tuple[str, str]], sampling: dict[str, Any],
+               max_tokens: int | None, seed: int | None) -> ReplyStream:  # fmt: skip
+        """The one generation path, with this server's bounds applied."""
+        cfg = replace(self.cfg, **{k: v for k, v in sampling.items() if v is not None})
+        cap = min(max_tokens or self.limits.max_new_tokens, self.limits.max_new_tokens)
+        return respond_stream(self.model, self.tokenizer, cfg, query, history=history, seed=seed,
+                              max_new_tokens=cap, max_time=self.limits.gen_timeout_s)  # fmt: skip
+
+    def log(self, rid: str, query: str, stream: ReplyStream, seconds: float) -> None:
+        flags = [f.code for f in stream.reply.flags] if stream.reply else []
+        text = f" message={query!r}" if self.log_messages else ""
+        log.info("%s chars=%d tokens=%d finish=%s flags=%s %.1fs%s", rid, len(query),
+                 stream.reply.new_tokens if stream.reply else 0, stream.finish_reason, flags, seconds, text)  # fmt: skip
+
+
+def build_api(server: Server) -> FastAPI:
+    """The FastAPI app with /v1/models and /v1/chat/completions (the chat page is mounted on it)."""
+    app = FastAPI(title="medbot", description="Not for medical use. OpenAI-compatible chat API.", version="1")
+
+    def check_key(request: Request) -> None:
+        if server.api_key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = given or request.headers.get("x-api-key", "")
+        if not secrets.compare_digest(given.encode(), server.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse({"error": {"message": where, "type": "invalid_request"}}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": exc.detail, "type": "refused"}}, exc.status_code, exc.headers
+        )
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": server.model_id, "object": "model", "owned_by": "medbot"}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
+    async def chat(body: ChatRequest) -> dict | StreamingResponse:
+        query, history = split_conversation(body.messages, server.limits.max_message_chars)
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k}
+        if not await run_in_threadpool(server.gate.enter):
+            raise HTTPException(429, "busy: too many requests are waiting; retry later", {"Retry-After": "5"})
+        rid, started = "chatcmpl-" + uuid.uuid4().hex[:16], time.monotonic()
+        try:
+            stream = await run_in_threadpool(
+                server.stream, query, history, sampling, body.max_tokens, body.seed
+            )
+        except ValueError as e:  # e.g. the conversation does not fit the model's length
+            server.gate.leave()
+            raise HTTPException(422, str(e)) from None
+        except BaseException:
+            server.gate.leave()
+            raise
+        if body.stream:
+            return StreamingResponse(
+                _sse(server, stream, rid, query, started), media_type="text/event-stream"
+            )
+        try:
+            pieces = await run_in_threadpool(lambda: list(stream))
+        finally:
+            server.gate.leave()
+        server.log(rid, query, stream, time.monotonic() - started)
+        return _completion(server, stream, rid, "".join(pieces))
+
+    return app
+
+
+def _prefix(stream: ReplyStream) -> str:
+    return stream.triage.advice + "\n\n" if stream.triage.advice else ""
+
+
+def _completion(server: Server, stream: ReplyStream, rid: str, answer: str) -> dict:
+    reply = stream.reply
+    assert reply is not None
+    content = _prefix(stream) + (answer or "(no answer was generated; please rephrase)") + "\n\n" + DISCLAIMER
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": server.model_id,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": FINISH[stream.finish_reason],
+            }
+        ],  # fmt: skip
+        "usage": {"completion_tokens": reply.new_tokens},
+        "medbot": {"emergency": reply.triage.emergency, "flags": [f.code for f in reply.flags]},
+    }
+
+
+async def _sse(
+    server: Server, stream: ReplyStream, rid: str, query: str, started: float
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format; the gate is released however the stream ends."""
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        body = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": server.model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        return f"data: {json.dumps(body)}\n\n"
+
+    done = False
+    try:
+        yield chunk({"role": "assistant", "content": _prefix(stream)})
+        async for piece in iterate_in_threadpool(iter(stream)):
+            yield chunk({"content": piece})
+        yield chunk({"content": "\n\n" + DISCLAIMER}, FINISH[stream.finish_reason])
+        yield "data: [DONE]\n\n"
+        done = True
+    finally:
+        if done:
+            server.gate.leave()
+            server.log(rid, query, stream, time.monotonic() - started)
+        else:  # client went away: stop generating, then free the model (off the event loop)
+            stream.cancel()
+            threading.Thread(target=_drain_and_leave, args=(server, stream), daemon=True).start()
+
+
+def _drain_and_leave(server: Server, stream: ReplyStream) -> None:
+    try:
+        for _ in stream:
+            pass
+    finally:
+        server.gate.leave()
+
+
+# ----------------------------------------------------------------------------- the chat page
+
+BANNER = "🚨 **Possible emergency.** {advice}"
+HEADER = "# medbot: doctor–patient chatbot (research demo)\n**Not for medical use.** " + DISCLAIMER
+
+
+def chat_page(server: Server) -> Any:
+    """Gradio chat: streams each answer, keeps the conversation, shows an emergency banner."""
+    import gradio as gr
+
+    def answer(message: str, history: list[dict], temperature: float, top_p: float, max_tokens: int
+               ) -> Iterator[tuple[str, Any]]:  # fmt: skip
+        if not message or not message.strip():
+            raise gr.Error("Please type a question.")
+        if len(message) > server.limits.max_message_chars:
+            raise gr.Error(f"Please keep messages under {server.limits.max_message_chars} characters.")
+        pairs, pending = [], None
+        for m in history:
+            text = m["content"] if isinstance(m["content"], str) else ""
+            if m["role"] == "user":
+                pending = text
+            elif pending is not None:
+                pairs.append((pending, answer_only(text)))
+                pending = None
+        if not server.gate.enter():
+            raise gr.Error("The model is busy; please try again in a moment.")
+        started = time.monotonic()
+        stream = None
+        try:
+            stream = server.stream(
+                message, pairs, {"temperature": temperature, "top_p": top_p}, max_tokens, None
+            )
+            advice = stream.triage.advice if stream.triage.emergency else None
+            banner = (
+                gr.update(value=BANNER.format(advice=advice), visible=True)
+                if advice
+                else gr.update(visible=False)
+            )
+            text = _prefix(stream)
+            yield text + "…", banner
+            for piece in stream:
+                text += piece
+                yield text + "…", banner
+            yield stream.reply.text if stream.reply else text, banner
+        finally:
+            if stream is not None and stream.reply is None:
+                stream.cancel()  # the user pressed stop or left: finish generate() before freeing the model
+                for _ in stream:
+                    pass
+            server.gate.leave()
+            if stream is not None:
+                server.log("page", message, stream, time.monotonic() - started)
+
+    with gr.Blocks(title="medbot (not for medical use)") as page:
+        gr.Markdown(HEADER, elem_id="disclaimer")
+        banner = gr.Markdown(visible=False, elem_id="emergency-banner")
+        gr.ChatInterface(
+            answer,
+            additional_inputs=[
+                gr.Slider(
+                    0.0, 1.0, value=server.cfg.temperature, step=0.05, label="temperature (0 = greedy)"
+                ),
+                gr.Slider(0.5, 1.0, value=server.cfg.top_p, step=0.01, label="top_p"),
+                gr.Slider(
+                    16,
+                    server.limits.max_new_tokens,
+                    value=min(192, server.limits.max_new_tokens),
+                    step=16,
+                    label="max new tokens",
+                ),  # fmt: skip
+            ],
+            additional_inputs_accordion="Sampling (bounded)",
+            additional_outputs=[banner],
+            examples=[["I have had a dry cough and a mild fever for three days. What should I do?"]],
+            run_examples_on_click=False,
+            flagging_mode="never",
+            api_visibility="private",  # the page's own endpoints; programs use /v1
+        )
+    page.queue(default_concurrency_limit=1, max_size=server.limits.queue_size)
+    return page
+
+
+def build_app(server: Server, page_password: str | None = None) -> FastAPI:
+    """One ASGI app: the API, the chat page at /, and the body-size limit in front of both."""
+    import gradio as gr
+
+    api = build_api(server)
+    auth = ("medbot", page_password) if page_password else None
+    app = gr.mount_gradio_app(api, chat_page(server), path="/", auth=auth, footer_links=[])
+    app.add_middleware(BodyLimit, limit=server.limits.max_body_bytes)
+    return app
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def load_model(adapter: str | None) -> tuple[Any, Any, MedbotConfig, str]:
+    """The saved adapter (its config decides the prompt), or the embedded default untrained."""
+    from medbot_model import load_base_model, load_for_chat, load_tokenizer
+
+    if adapter:
+        model, tokenizer, cfg = load_for_chat(adapter)
+        return model.eval(), tokenizer, cfg, cfg.model_name.rsplit("/", 1)[-1] + "-medbot"
+    from medbot_config import embedded
+
+    cfg = embedded()
+    return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg, "smollm2-135m-instruct"
+
+
+def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False, host: str = "127.0.0.1",
+           port: int = 7860, limits: Limits | None = None, model_id: str = "medbot",
+           log_messages: bool = False, block: bool = True) -> tuple[str, str | None]:  # fmt: skip
+    """Serve the chat page and the API; returns (local URL, public URL or None).
+
+    The API key comes from $MEDBOT_API_KEY. Off by default on localhost; when sharing publicly a
+    key is required, and one is generated (and printed) if the variable is unset. The chat page
+    then asks for user `medbot` with the key as password.
+    """
+    import uvicorn
+
+    key = os.environ.get(API_KEY_ENV) or None
+    public = share or host not in ("127.0.0.1", "localhost", "::1")
+    if public and key is None:
+        key = secrets.token_urlsafe(18)
+        print(
+            f"Public server: API key / chat password (user 'medbot') is {key}\n(set ${API_KEY_ENV} to choose one)"
+        )
+    server = Server(model, tokenizer, cfg, limits, api_key=key, model_id=model_id, log_messages=log_messages)
+    app = build_app(server, page_password=key)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port} (port in use?)")
+        time.sleep(0.1)
+    local = f"http://{host}:{port}"
+    public_url = None
+    if share:
+        from gradio import networking
+
+        public_url = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+    print(f"medbot chat page: {public_url or local}  (API: {(public_url or local)}/v1/chat/completions)")
+    print("Not for medical use.")
+    if block:
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            uv.should_exit = True
+    return local, public_url
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="medbot web app: chat page + OpenAI-compatible API")
+    ap.add_argument("--adapter", default=None, help="saved adapter folder (default: the embedded model)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--share", action="store_true", help="public Gradio link (requires a key/password)")
+    ap.add_argument("--queue-size", type=int, default=Limits.queue_size)
+    ap.add_argument("--timeout", type=float, default=Limits.gen_timeout_s, help="generation timeout, seconds")
+    ap.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
+    ap.add_argument("--log-messages", action="store_true", help="log message text (off by default)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model, tokenizer, cfg, model_id = load_model(args.adapter)
+    limits = Limits(
+        queue_size=args.queue_size, gen_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens
+    )
+    launch(model, tokenizer, cfg, share=args.share, host=args.host, port=args.port, limits=limits,
+           model_id=model_id, log_messages=args.log_messages)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

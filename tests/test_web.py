@@ -1,0 +1,284 @@
+"""Streaming generation and the web server's API: same path as chat, limits, keys, concurrency."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+
+import pytest
+import torch
+
+from medbot_chat import DISCLAIMER, WITHDRAWN, respond, respond_stream
+from medbot_model import load_base_model, load_tokenizer
+from medbot_safety import EMERGENCY_ADVICE
+from medbot_utils import format_conversation
+
+
+class ScriptedModel:
+    """Stands in for a model whose words we choose: `generate` emits `text` token by token through
+    the streamer and honours stopping criteria (used to test what the stream lets through)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, text: str, delay: float = 0.0) -> None:
+        self.ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+        self.delay, self.emitted = delay, 0
+
+    def parameters(self):
+        return iter(())
+
+    def generate(self, input_ids, streamer=None, stopping_criteria=(), max_new_tokens=None, **kwargs):
+        out = input_ids
+        if streamer is not None:
+            streamer.put(input_ids[0])  # as generate() does: the streamer skips the prompt it is given first
+        for i, token in enumerate(self.ids[: max_new_tokens or len(self.ids)]):
+            time.sleep(self.delay)
+            out = torch.cat([out, token.view(1, 1)], dim=1)
+            self.emitted = i + 1
+            if streamer is not None:
+                streamer.put(token.view(1))
+            if any(bool(c(out, None).all()) for c in stopping_criteria):
+                break
+        if streamer is not None:
+            streamer.end()
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_falcon_dir):
+    from medbot_config import reference
+
+    cfg = reference().replace(
+        model_name=str(tiny_falcon_dir), load_in_4bit=False, compute_dtype="fp32", gen_max_length=200
+    )
+    return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg
+
+
+def test_stream_is_the_same_path_as_respond(tiny):
+    model, tok, cfg = tiny
+    for seed in (0, 5):
+        stream = respond_stream(model, tok, cfg, "I have a sore throat.", seed=seed, max_new_tokens=40)
+        pieces = list(stream)
+        reply = respond(model, tok, cfg, "I have a sore throat.", seed=seed, max_new_tokens=40)
+        assert stream.reply == reply  # same tokens, same safety verdicts
+        if reply.check.safe:
+            assert "".join(pieces) == reply.answer
+
+
+def test_stream_releases_only_checked_sentences(tokenizer, tiny):
+    _, _, cfg = tiny
+    text = "Rest and drink fluids. Take 6000 mg of paracetamol every day. Then rest more. " * 3
+    model = ScriptedModel(tokenizer, text)
+    stream = respond_stream(model, tokenizer, cfg, "I have a headache.", max_new_tokens=400)
+    pieces = list(stream)
+    shown = "".join(pieces)
+    assert pieces[0] == "Rest and drink fluids."  # the safe first sentence streams on its own
+    assert "6000" not in shown  # the unsafe sentence never reaches the surface
+    assert WITHDRAWN in shown and stream.reply.answer in shown  # withdrawn, replaced by the safe text
+    assert stream.finish_reason == "safety"
+    assert [f.code for f in stream.reply.flags] == ["answer.dose_over_max"]
+    assert model.emitted < len(model.ids)  # generation was stopped, not run to the end
+
+
+def test_stream_triage_and_history(tokenizer, tiny):
+    _, _, cfg = tiny
+    model = ScriptedModel(tokenizer, "Call an ambulance now.")
+    stream = respond_stream(model, tokenizer, cfg, "I have crushing chest pain spreading to my left arm")
+    list(stream)
+    assert stream.triage.emergency and stream.reply.text.startswith(EMERGENCY_ADVICE)
+    history = [("My knee hurts.", "Rest it."), ("Since yesterday.", "Use ice.")]
+    one_turn = format_conversation("And now?", cfg.prompt_template, history[1:])
+    fits_one = cfg.replace(gen_max_length=2 * len(tokenizer(one_turn)["input_ids"]) + 2)
+    stream = respond_stream(model, tokenizer, fits_one, "And now?", history=history)
+    list(stream)
+    assert stream.prompt_turns == 1  # the oldest exchange is left out when the prompt is too long
+    stream = respond_stream(model, tokenizer, cfg.replace(gen_max_length=1000), "And now?", history=history)
+    list(stream)
+    assert stream.prompt_turns == 2
+
+
+def test_stream_cancel_and_timeout(tokenizer, tiny):
+    _, _, cfg = tiny
+    model = ScriptedModel(tokenizer, "Sleep well. " * 40, delay=0.01)
+    stream = respond_stream(model, tokenizer, cfg, "I cannot sleep.", max_new_tokens=400)
+    first = next(iter(stream))
+    stream.cancel()
+    rest = list(stream)
+    assert first == "Sleep well." and stream.finish_reason == "cancelled" and model.emitted < len(model.ids)
+    assert stream.reply.answer.startswith(first + "".join(rest))
+    real, tok, _ = tiny
+    timed = respond_stream(
+        real, tok, cfg.replace(stop_sequences=["\x00\x01"]), "Q", max_new_tokens=150, max_time=0.02
+    )
+    list(timed)
+    assert timed.finish_reason == "timeout" and timed.reply.new_tokens < 150
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+@pytest.fixture(scope="module")
+def make_client(tiny):
+    from fastapi.testclient import TestClient
+
+    from medbot_web import Limits, Server, build_app
+
+    def make(**kw):
+        limits = Limits(**{k: v for k, v in kw.items() if k in Limits.__dataclass_fields__})
+        server = Server(*tiny, limits=limits, api_key=kw.get("api_key"), model_id="tiny")
+        return TestClient(build_app(server, page_password=kw.get("api_key")))
+
+    return make
+
+
+def chat_body(content="I have a sore throat.", **kw):
+    return {"messages": [{"role": "user", "content": content}], "seed": 3, "max_tokens": 30} | kw
+
+
+def test_models_and_completion(make_client):
+    client = make_client()
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+    r = client.post("/v1/chat/completions", json=chat_body())
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"].endswith(DISCLAIMER)
+    assert choice["finish_reason"] in ("stop", "length", "content_filter")
+    emergency = client.post(
+        "/v1/chat/completions", json=chat_body("I have crushing chest pain and can't breathe")
+    )
+    assert emergency.json()["choices"][0]["message"]["content"].startswith(EMERGENCY_ADVICE)
+    assert emergency.json()["medbot"]["emergency"] is True
+
+
+def test_streaming_matches_non_streaming(make_client):
+    client = make_client()
+    whole = client.post("/v1/chat/completions", json=chat_body()).json()["choices"][0]["message"]["content"]
+    with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] is not None
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (chat_body("x" * 2001), 422),  # over the message limit
+        (chat_body(temperature=3.0), 422),  # outside the safe sampling bounds
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, 422),  # nothing to answer
+        ({"messages": [{"role": "user", "content": "   "}]}, 422),
+        ({"messages": []}, 422),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 422),
+        (chat_body("x " * 1500), 422),  # fits the characters, not the model's length: clear 422
+    ],
+)
+def test_bad_requests_get_422(make_client, body, status):
+    r = make_client().post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_oversize_bodies_get_413(make_client):
+    client = make_client(max_body_bytes=1000)
+    big = json.dumps(chat_body("a" * 1500))
+    assert (
+        client.post(
+            "/v1/chat/completions", content=big, headers={"content-type": "application/json"}
+        ).status_code
+        == 413
+    )
+
+    def chunked():  # no Content-Length: counted while reading
+        yield big[:600].encode()
+        yield big[600:].encode()
+
+    r = client.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_key_guards_every_endpoint(make_client):
+    client = make_client(api_key="s3cret")
+    assert client.get("/v1/models").status_code == 401
+    assert client.post("/v1/chat/completions", json=chat_body()).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    assert client.get("/v1/models", headers=ok).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat_body(), headers=ok).status_code == 200
+    assert client.get("/config").status_code == 401  # the chat page's own endpoints need the password
+    assert "login" in client.get("/").text.lower()
+    assert make_client().get("/config").status_code == 200  # and without a key, they are open
+
+
+def test_openapi_fuzz_finds_no_server_error(make_client):
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+    from schemathesis.specs.openapi.checks import not_a_server_error
+
+    client = make_client(max_new_tokens=8, max_body_bytes=20_000)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    checked = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @schema["/v1/chat/completions"]["POST"].given()
+    def fuzz(case):
+        case.call_and_validate(checks=[not_a_server_error])  # no 5xx, whatever the body
+        checked.append(case)
+
+    fuzz()
+    fuzz_models = schema["/v1/models"]["GET"]
+    fuzz_models.Case().call_and_validate(checks=[not_a_server_error])
+    assert len(checked) >= 20
+
+
+@pytest.fixture
+def live_server(tiny):
+    """The app on a real port (uvicorn in a thread), for concurrency."""
+    import socket
+
+    from medbot_web import Limits, launch
+
+    def start(queue_size: int) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url, _ = launch(
+            *tiny, port=port, limits=Limits(queue_size=queue_size, max_new_tokens=40), block=False
+        )
+        return url
+
+    return start
+
+
+@pytest.mark.parametrize("queue_size", [19, 3])
+def test_twenty_concurrent_chats_finish_or_are_refused_cleanly(live_server, queue_size):
+    import httpx
+
+    url = live_server(queue_size)
+    results: list[tuple[int, float]] = []
+
+    def one(i: int) -> None:
+        t = time.monotonic()
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(seed=i, stream=i % 2 == 0), timeout=120)
+        if r.status_code == 200 and i % 2 == 0:
+            assert r.text.rstrip().endswith("data: [DONE]")
+        results.append((r.status_code, time.monotonic() - t))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = [c for c, _ in results]
+    ok = sorted(s for c, s in results if c == 200)
+    print(f"\nqueue {queue_size}: {codes.count(200)} finished, {codes.count(429)} refused (429); "
+          f"latency of finished p50 {statistics.median(ok):.2f}s max {ok[-1]:.2f}s")  # fmt: skip
+    assert len(results) == 20 and set(codes) <= {200, 429}
+    if queue_size >= 19:
+        assert codes.count(200) == 20  # everyone fits in the queue: all finish
+    else:
+        assert 4 <= codes.count(200) < 20 and codes.count(429) > 0  # the rest are refused, never 5xx

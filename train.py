@@ -1,0 +1,81 @@
+"""Train from a config file, on one GPU or several of one host (Accelerate / torchrun, DDP).
+
+    python train.py --profile embedded                                   # one process
+    python train.py --config my_run.json                                 # a saved MedbotConfig
+    accelerate launch --num_processes 2 train.py --config my_run.json    # 2 GPUs, QLoRA + DDP
+    torchrun --nproc_per_node 4 train.py --config my_run.json            # the same through torchrun
+
+The notebook's recipe, cell for cell, without the notebook. Under N processes each process loads
+its own 4-bit copy of the base on its own GPU and trains the same LoRA weights (the HF Trainer
+wraps the model in DistributedDataParallel); the effective batch - batch_size x grad_accum on one
+GPU - is kept by dividing grad_accum (or else batch_size) by N, so max_steps, the learning-rate
+schedule and the samples per step are those of the single-GPU run. Rank 0 alone writes
+checkpoints, logs/metrics.jsonl, TensorBoard and the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from medbot_config import MedbotConfig, preset
+from medbot_model import add_lora, load_base_model, load_tokenizer
+from medbot_train import build_trainer, evaluate, is_main_process, save_adapter, train
+from medbot_utils import load_dialogues, split_dialogues, tokenize_dialogues
+
+
+def per_process(cfg: MedbotConfig, processes: int) -> MedbotConfig:
+    """The config each of `processes` processes runs so that the effective batch stays the same."""
+    if processes == 1:
+        return cfg
+    if cfg.grad_accum % processes == 0:
+        return cfg.replace(grad_accum=cfg.grad_accum // processes)
+    if cfg.batch_size % processes == 0 and cfg.grad_accum == 1:
+        return cfg.replace(batch_size=cfg.batch_size // processes)
+    raise ValueError(
+        f"the effective batch {cfg.batch_size} x {cfg.grad_accum} cannot be split over {processes} processes "
+        "without changing it: make grad_accum (or batch_size, with grad_accum 1) a multiple of the process count"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", help="a MedbotConfig JSON (e.g. a saved medbot_config.json)")
+    group.add_argument("--profile", help="a named profile: embedded, fast, colab-t4, falcon-7b")
+    ap.add_argument("--data", default=None, help="override data_path")
+    ap.add_argument("--max-steps", type=int, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
+    cfg = MedbotConfig.load(args.config) if args.config else preset(args.profile)
+    if args.data:
+        cfg = cfg.replace(data_path=args.data)
+    if args.max_steps:
+        cfg = cfg.replace(max_steps=args.max_steps)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    run_cfg = per_process(cfg, processes)
+
+    dialogues, report = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)
+    train_rows, eval_rows = split_dialogues(dialogues, cfg.eval_fraction, cfg.seed)
+    if cfg.max_eval_samples:
+        eval_rows = eval_rows[: cfg.max_eval_samples]
+    tokenizer = load_tokenizer(cfg)
+    train_samples, train_drops = tokenize_dialogues(train_rows, tokenizer, cfg, "train")
+    eval_samples, eval_drops = tokenize_dialogues(eval_rows, tokenizer, cfg, "eval")
+    if is_main_process():
+        print(report.summary(), train_drops.summary(), eval_drops.summary(), sep="\n")
+        print(f"{processes} process(es); per process: batch {run_cfg.batch_size} x grad_accum {run_cfg.grad_accum}; "
+              f"effective batch {run_cfg.batch_size * run_cfg.grad_accum * processes}")  # fmt: skip
+
+    model = add_lora(load_base_model(run_cfg), run_cfg)
+    trainer = build_trainer(model, tokenizer, train_samples, eval_samples, run_cfg)
+    train(trainer, run_cfg)
+    after = evaluate(trainer)
+    if is_main_process():
+        print(f"eval loss {after['eval_loss']:.4f}, perplexity {after['perplexity']:.2f}")
+        save_adapter(trainer.model, tokenizer, cfg)  # the single-GPU config: what chat and eval read
+
+
+if __name__ == "__main__":
+    main()
