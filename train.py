@@ -8,7 +8,7 @@
 The notebook's recipe, cell for cell, without the notebook. Under N processes each process loads
 its own 4-bit copy of the base on its own GPU and trains the same LoRA weights (the HF Trainer
 wraps the model in DistributedDataParallel); the effective batch - batch_size x grad_accum on one
-GPU - is kept by dividing grad_accum (or else batch_size) by N, so max_steps, the learning-rate
+GPU - is kept by sharing its rows out over the N processes, so max_steps, the learning-rate
 schedule and the samples per step are those of the single-GPU run. Rank 0 alone writes
 checkpoints, logs/metrics.jsonl, TensorBoard and the adapter.
 """
@@ -26,17 +26,17 @@ from medbot_utils import load_dialogues, split_dialogues, tokenize_dialogues
 
 
 def per_process(cfg: MedbotConfig, processes: int) -> MedbotConfig:
-    """The config each of `processes` processes runs so that the effective batch stays the same."""
-    if processes == 1:
-        return cfg
-    if cfg.grad_accum % processes == 0:
-        return cfg.replace(grad_accum=cfg.grad_accum // processes)
-    if cfg.batch_size % processes == 0 and cfg.grad_accum == 1:
-        return cfg.replace(batch_size=cfg.batch_size // processes)
-    raise ValueError(
-        f"the effective batch {cfg.batch_size} x {cfg.grad_accum} cannot be split over {processes} processes "
-        "without changing it: make grad_accum (or batch_size, with grad_accum 1) a multiple of the process count"
-    )
+    """The config each of `processes` processes runs so that the effective batch stays the same:
+    the rows per optimizer step (batch_size x grad_accum) are shared out, largest micro-batch first."""
+    rows = cfg.batch_size * cfg.grad_accum
+    if rows % processes:
+        raise ValueError(
+            f"the effective batch {cfg.batch_size} x {cfg.grad_accum} = {rows} rows cannot be split over "
+            f"{processes} processes without changing it: make batch_size x grad_accum a multiple of {processes}"
+        )
+    share = rows // processes
+    batch = max(b for b in range(1, cfg.batch_size + 1) if share % b == 0)
+    return cfg.replace(batch_size=batch, grad_accum=share // batch)
 
 
 def main() -> None:

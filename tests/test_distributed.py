@@ -30,6 +30,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_cfg, tmp_path):
         grad_accum=2,
         max_steps=5,
         eval_steps=5,
+        learning_rate=5e-3,  # large steps: gradients that were not averaged across processes would show
     )
     runs = {}
     for name in ("one", "two"):
@@ -56,13 +57,27 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_cfg, tmp_path):
         print(f"{step:4d}  {one[step]:.6f}  {two[step]:.6f}")
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5)
     assert len(list((tmp_path / "two" / "logs" / "tensorboard").glob("events.*"))) == 1
-    assert (tmp_path / "two" / "out" / "adapter" / "adapter_model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    w1 = load_file(tmp_path / "one" / "out" / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "two" / "out" / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    lora_b = [k for k in w1 if "lora_B" in k]
+    assert min(float(w1[k].abs().max()) for k in lora_b) > 1e-3  # B started at zero: training moved it
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5  # the same trained adapter
 
 
 def test_effective_batch_is_kept_or_refused(tiny_cfg):
     from train import per_process
 
-    assert per_process(tiny_cfg.replace(batch_size=4, grad_accum=2), 2).grad_accum == 1
-    assert per_process(tiny_cfg.replace(batch_size=4, grad_accum=1), 2).batch_size == 2
+    def shape(batch, accum, n):
+        c = per_process(tiny_cfg.replace(batch_size=batch, grad_accum=accum), n)
+        return c.batch_size, c.grad_accum
+
+    assert shape(4, 2, 1) == (4, 2)
+    assert shape(4, 2, 2) == (4, 1)
+    assert shape(4, 2, 4) == (2, 1)
+    assert shape(4, 2, 8) == (1, 1)
+    assert shape(2, 8, 2) == (2, 4)
     with pytest.raises(ValueError, match="cannot be split over 3 processes"):
         per_process(tiny_cfg.replace(batch_size=4, grad_accum=2), 3)

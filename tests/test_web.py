@@ -8,7 +8,11 @@ import threading
 import time
 
 import pytest
+import schemathesis
 import torch
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
 
 from medbot_chat import DISCLAIMER, WITHDRAWN, respond, respond_stream
 from medbot_model import load_base_model, load_tokenizer
@@ -209,30 +213,38 @@ def test_key_guards_every_endpoint(make_client):
     ok = {"Authorization": "Bearer s3cret"}
     assert client.get("/v1/models", headers=ok).status_code == 200
     assert client.post("/v1/chat/completions", json=chat_body(), headers=ok).status_code == 200
-    assert client.get("/config").status_code == 401  # the chat page's own endpoints need the password
-    assert "login" in client.get("/").text.lower()
+    # the chat page's own endpoints (config, queue, info) need the password; its login opens them
+    assert client.get("/config").status_code == 401
+    assert client.post("/gradio_api/queue/join", json={}).status_code == 401
+    assert client.get("/gradio_api/info").status_code == 401
+    assert client.post("/login", data={"username": "medbot", "password": "wrong"}).status_code >= 400
+    assert client.post("/login", data={"username": "medbot", "password": "s3cret"}).status_code == 200
+    assert client.get("/config").status_code == 200
     assert make_client().get("/config").status_code == 200  # and without a key, they are open
 
 
-def test_openapi_fuzz_finds_no_server_error(make_client):
-    import schemathesis
-    from hypothesis import HealthCheck, settings
-    from schemathesis.specs.openapi.checks import not_a_server_error
-
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_openapi_fuzz_finds_no_server_error(make_client, mode):
+    """Schema-generated requests (valid, then invalid) to every operation: never a 5xx."""
     client = make_client(max_new_tokens=8, max_body_bytes=20_000)
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
-    checked = []
+    calls = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode == GenerationMode.NEGATIVE and operation.method.upper() == "GET":
+            continue  # nothing to break: /v1/models takes no input
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @schema["/v1/chat/completions"]["POST"].given()
-    def fuzz(case):
-        case.call_and_validate(checks=[not_a_server_error])  # no 5xx, whatever the body
-        checked.append(case)
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def fuzz(case):
+            case.call_and_validate(checks=[not_a_server_error])
+            calls.append(case.operation.label)
 
-    fuzz()
-    fuzz_models = schema["/v1/models"]["GET"]
-    fuzz_models.Case().call_and_validate(checks=[not_a_server_error])
-    assert len(checked) >= 20
+        fuzz()
+    expected = {"POST /v1/chat/completions"} | (
+        {"GET /v1/models"} if mode == GenerationMode.POSITIVE else set()
+    )
+    assert expected <= set(calls) and len(calls) >= 20
 
 
 @pytest.fixture
