@@ -161,26 +161,33 @@ def load_mcq(path: str | Path, limit: int | None = None, seed: int = 0) -> list[
 
 @torch.inference_mode()
 def option_logprobs(model: Any, tokenizer: Any, question: str, options: dict[str, str]) -> dict[str, float]:
-    """Mean log-probability per token of each option's text after the question (no generation)."""
+    """Mean log-probability per token of each option's text after the question (no generation).
+
+    The question runs once and its KV cache is shared by all options, which then run as one batch
+    of their own tokens only (a question is usually far longer than its options).
+    """
     device = next(model.parameters()).device
-    prompt = f"Question: {question.strip()}\nAnswer:"
-    p_ids = tokenizer(prompt)["input_ids"]
-    seqs = {k: tokenizer(" " + v.strip(), add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-            for k, v in options.items()}  # fmt: skip
-    width = len(p_ids) + max(len(s) for s in seqs.values())
-    keys = list(seqs)
-    ids = torch.full((len(keys), width), tokenizer.pad_token_id)
+    p_ids = tokenizer(f"Question: {question.strip()}\nAnswer:")["input_ids"]
+    keys = list(options)
+    seqs = [tokenizer(" " + options[k].strip(), add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            for k in keys]  # fmt: skip
+    prefix = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
+    first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)  # predicts each option's first token
+    new_api = hasattr(prefix, "cache")  # transformers >= 5.2x renamed past_key_values to cache
+    cache = prefix.cache if new_api else prefix.past_key_values
+    cache.batch_repeat_interleave(len(keys))
+    ids = torch.full((len(keys), max(len(q) for q in seqs)), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
-    for j, k in enumerate(keys):
-        row = p_ids + seqs[k]
-        ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
-    logp = torch.log_softmax(
-        model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1
-    )
+    for j, q in enumerate(seqs):
+        ids[j, : len(q)], mask[j, : len(q)] = torch.tensor(q), 1
+    mask = torch.cat([torch.ones(len(keys), len(p_ids), dtype=mask.dtype), mask], dim=1)
+    kw = {"cache": cache} if new_api else {"past_key_values": cache}
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
     out = {}
-    for j, k in enumerate(keys):
-        pos = torch.arange(len(p_ids), len(p_ids) + len(seqs[k]), device=device)
-        out[k] = float(logp[j, pos - 1, torch.tensor(seqs[k], device=device)].mean())
+    for j, (k, q) in enumerate(zip(keys, seqs)):
+        later = logp[j, torch.arange(len(q) - 1, device=device), torch.tensor(q[1:], device=device)]
+        out[k] = float(torch.cat([first[q[0]].view(1), later]).mean())
     return out
 
 

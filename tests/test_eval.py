@@ -92,6 +92,20 @@ def test_answer_perplexity_matches_a_direct_computation(tiny):
     assert ppl == pytest.approx(math.exp(total / n), rel=1e-4)
 
 
+def test_option_scoring_equals_scoring_each_option_whole(tiny):
+    """The shared-question cache gives the log-probabilities of question + option run one at a time."""
+    model, tok, _ = tiny
+    options = {"A": "rest at home", "B": "no", "C": "see a doctor today"}
+    got = option_logprobs(model, tok, "My throat hurts. What should I do?", options)
+    p_ids = tok("Question: My throat hurts. What should I do?\nAnswer:")["input_ids"]
+    for k, text in options.items():
+        o_ids = tok(" " + text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p_ids + o_ids])).logits[0], -1)
+        want = sum(float(logp[len(p_ids) + i - 1, t]) for i, t in enumerate(o_ids)) / len(o_ids)
+        assert got[k] == pytest.approx(want, abs=1e-4)
+
+
 def test_option_scoring_prefers_what_the_model_finds_likely(tiny):
     model, tok, _ = tiny
     scores = option_logprobs(model, tok, "Which is right?", {"A": "yes", "B": "no", "C": "maybe"})
