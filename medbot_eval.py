@@ -186,7 +186,9 @@ def option_logprobs(model: Any, tokenizer: Any, question: str, options: dict[str
     logp = torch.log_softmax(logits.float(), dim=-1)
     out = {}
     for j, (k, q) in enumerate(zip(keys, seqs)):
-        later = logp[j, torch.arange(len(q) - 1, device=device), torch.tensor(q[1:], device=device)]
+        later = logp[
+            j, torch.arange(len(q) - 1, device=device), torch.tensor(q[1:], dtype=torch.long, device=device)
+        ]
         out[k] = float(torch.cat([first[q[0]].view(1), later]).mean())
     return out
 

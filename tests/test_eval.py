@@ -95,7 +95,7 @@ def test_answer_perplexity_matches_a_direct_computation(tiny):
 def test_option_scoring_equals_scoring_each_option_whole(tiny):
     """The shared-question cache gives the log-probabilities of question + option run one at a time."""
     model, tok, _ = tiny
-    options = {"A": "rest at home", "B": "no", "C": "see a doctor today"}
+    options = {"A": "rest at home", "B": "no", "C": "see a doctor today", "D": ""}  # D: a one-token option
     got = option_logprobs(model, tok, "My throat hurts. What should I do?", options)
     p_ids = tok("Question: My throat hurts. What should I do?\nAnswer:")["input_ids"]
     for k, text in options.items():
