@@ -196,9 +196,16 @@ class ReplyStream:
     finish_reason: str = "stop"  # stop | length | timeout | cancelled | safety
     _pieces: Iterator[str] = field(default_factory=lambda: iter(()))
     _stop: threading.Event = field(default_factory=threading.Event)
+    _turn: threading.Lock = field(default_factory=threading.Lock)
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        # one reader at a time: a server may hand a half-read stream to another thread to drain it
+        while True:
+            with self._turn:
+                piece = next(self._pieces, None)
+            if piece is None:
+                return
+            yield piece
 
     def cancel(self) -> None:
         """Stop generating (e.g. the client went away); the reply keeps what was generated."""

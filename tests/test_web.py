@@ -112,6 +112,26 @@ def test_stream_cancel_and_timeout(tokenizer, tiny):
     rest = list(stream)
     assert first == "Sleep well." and stream.finish_reason == "cancelled" and model.emitted < len(model.ids)
     assert stream.reply.answer.startswith(first + "".join(rest))
+    model = ScriptedModel(tokenizer, "Sleep well. " * 40, delay=0.01)
+    stream = respond_stream(model, tokenizer, cfg, "I cannot sleep.", max_new_tokens=400)
+    reader = iter(stream)
+    next(reader)
+    errors = []
+
+    def drain():  # a second reader, as the server's drain thread after a client disconnects
+        try:
+            list(stream)
+        except Exception as e:  # e.g. "generator already executing" without the stream's lock
+            errors.append(e)
+
+    drainers = [threading.Thread(target=drain) for _ in range(3)]
+    for d in drainers:
+        d.start()
+    list(reader)
+    stream.cancel()
+    for d in drainers:
+        d.join(10)
+    assert not errors and stream.reply is not None
     real, tok, _ = tiny
     timed = respond_stream(
         real, tok, cfg.replace(stop_sequences=["\x00\x01"]), "Q", max_new_tokens=150, max_time=0.02
