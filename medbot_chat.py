@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from medbot_config import MedbotConfig
-from medbot_safety import AnswerCheck, Flag, Triage, check_answer, triage
+from medbot_safety import AnswerCheck, Flag, Triage, check_answer, hold_sentence, triage
 from medbot_utils import format_conversation, format_prompt
 
 DISCLAIMER = (
@@ -185,8 +185,10 @@ class _Cancel(StoppingCriteria):
 class ReplyStream:
     """A reply as it is generated. Iterate for text pieces; `reply` is set when iteration ends.
 
-    Text is released a sentence at a time, and only after the safety check has passed on
-    everything so far, so no surface ever shows an unchecked sentence. If the final check
+    Text is released word by word once the safety check has passed on everything so far; a
+    sentence that touches what the check looks at (numbers, drug names, stop/quit, certainty,
+    "I am", diagnosis) is held until it is complete and checked, so no surface ever shows an
+    unsafe sentence. If the final check
     rewrites the answer, the last piece withdraws what was shown and gives the safe text.
     """
 
@@ -253,6 +255,42 @@ def respond_stream(
     return stream
 
 
+_ABBREVIATIONS = {
+    "dr.",
+    "mr.",
+    "mrs.",
+    "ms.",
+    "prof.",
+    "st.",
+    "e.g.",
+    "i.e.",
+    "etc.",
+    "vs.",
+    "approx.",
+    "no.",
+}
+
+
+def _abbreviation(text: str) -> bool:
+    """Does the text end in an abbreviation ("Dr.") rather than a sentence?"""
+    words = text.split()
+    return bool(words) and words[-1].lower() in _ABBREVIATIONS
+
+
+def _releasable(visible: str, stops: list[str]) -> str:
+    """The prefix of the text that may be shown: complete sentences, then the words of the sentence
+    in progress unless it touches what the answer check looks at (then it waits to be complete)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(visible) if not _abbreviation(visible[: m.end()])]
+    complete = visible[: ends[-1]] if ends else ""
+    partial = visible[len(complete) :]
+    # whole words only, one word behind: the last word may still be growing, and a hold phrase
+    # of two words ("throw away") must be seen whole before its first word is shown
+    spaces = [i for i, ch in enumerate(partial.rstrip()) if ch == " "]
+    if len(spaces) < 2 or hold_sentence(partial) or any(s[:1] in partial for s in stops):
+        return complete
+    return complete + partial[: spaces[-2]]
+
+
 def _pieces(
     stream: ReplyStream, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
     seed: int | None, max_time: float | None,
@@ -280,8 +318,7 @@ def _pieces(
         for piece in streamer:
             text += piece
             visible = cut_at_stop(text, cfg.stop_sequences).lstrip()
-            ends = [m.end() for m in _SENTENCE_END.finditer(visible)]
-            ready = visible[: ends[-1]] if ends else ""
+            ready = _releasable(visible, cfg.stop_sequences)
             if len(ready) > len(shown):
                 if not check_answer(ready).safe:
                     stream._stop.set()  # stop generating: the final check below rewrites it

@@ -272,7 +272,9 @@ ANSWER_RULES: dict[str, list[str]] = {
         r"(prescribed |prescription )?(medicines?|medications?|meds|tablets|pills|insulin|inhaler|antidepressants?|"
         r"blood pressure (tablets|pills|medicine|medication)|blood thinners?|warfarin|statins?|antibiotics?|"
         r"steroids?|metformin|levothyroxine|chemotherapy|treatment)",
-        r"(don'?t|do not|no need to) (take|continue|keep taking) (your|the) (prescribed )?(medicines?|medications?|meds|insulin|treatment)",
+        r"(don'?t|do not|no need to) (take|continue|keep taking|use|keep using) (your|the) (prescribed )?"
+        r"(medicines?|medications?|meds|tablets|pills|insulin|inhaler|antidepressants?|blood thinners?|warfarin|"
+        r"statins?|antibiotics?|steroids?|metformin|levothyroxine|treatment)",
         r"(throw away|get rid of|flush) (your|the) (medicines?|medications?|pills|tablets)",
     ],
     "answer.certain_diagnosis": [
@@ -507,6 +509,26 @@ def _negated_advice(text: str, start: int) -> bool:
             r"\b(do not|don'?t|never|should not|shouldn'?t|must not|without talking to|not)\s*$", before
         )
     )
+
+
+# Streaming: words are shown as they arrive, except in a sentence that contains anything the
+# answer check looks at (numbers, units, drug names, stop/quit, certainty, "I am", diagnosis):
+# that sentence is held back until it is complete and checked. Keep in step with ANSWER_RULES.
+STREAM_HOLD = re.compile(
+    r"\d|\b(stop|quit|discontinu\w*|come off|cease|don'?t|do not|no need|throw away|get rid|flush|"
+    r"definitely|certainly|clearly|surely|undoubtedly|for sure|sure|certain|positive|doubt|diagnos\w*|confirm|"
+    r"i am|i'?m|as a|as your|dr|licen[cs]e|once|twice|two|three|four|five|six|eight|ten|times|daily|every|"
+    r"mg|milligrams?|grams?|g|mcg|tablets?|pills?|doses?|take|taking|"
+    + CONTROLLED
+    + "|"
+    + "|".join(MAX_DAILY_MG)
+    + r")\b"
+)
+
+
+def hold_sentence(partial: str) -> bool:
+    """True if a sentence still being generated must wait until it is complete and checked."""
+    return bool(STREAM_HOLD.search(normalize(partial)))
 
 
 _DOSE = re.compile(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import threading
 import time
@@ -10,13 +11,14 @@ import time
 import pytest
 import schemathesis
 import torch
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from medbot_chat import DISCLAIMER, WITHDRAWN, respond, respond_stream
 from medbot_model import load_base_model, load_tokenizer
-from medbot_safety import EMERGENCY_ADVICE
+from medbot_safety import EMERGENCY_ADVICE, check_answer, hold_sentence
 from medbot_utils import format_conversation
 
 
@@ -73,17 +75,41 @@ def test_stream_is_the_same_path_as_respond(tiny):
 
 def test_stream_releases_only_checked_sentences(tokenizer, tiny):
     _, _, cfg = tiny
-    text = "Rest and drink fluids. Take 6000 mg of paracetamol every day. Then rest more. " * 3
+    text = (
+        "Rest and drink plenty of fluids tonight. Take 6000 mg of paracetamol every day. Then rest more. " * 3
+    )
     model = ScriptedModel(tokenizer, text)
     stream = respond_stream(model, tokenizer, cfg, "I have a headache.", max_new_tokens=400)
     pieces = list(stream)
     shown = "".join(pieces)
-    assert pieces[0] == "Rest and drink fluids."  # the safe first sentence streams on its own
+    assert pieces[:3] == ["Rest", " and", " drink"]  # safe words stream as they arrive (one word behind)
+    assert shown.startswith("Rest and drink plenty of fluids tonight.")
     assert "6000" not in shown  # the unsafe sentence never reaches the surface
     assert WITHDRAWN in shown and stream.reply.answer in shown  # withdrawn, replaced by the safe text
     assert stream.finish_reason == "safety"
     assert [f.code for f in stream.reply.flags] == ["answer.dose_over_max"]
     assert model.emitted < len(model.ids)  # generation was stopped, not run to the end
+
+
+def test_no_unsafe_answer_is_ever_shown_while_streaming(tokenizer, tiny):
+    """Every unsafe answer of the safety set, streamed word by word: what a surface shows before
+    the withdrawal always passes the answer check (the held sentence never leaks)."""
+    _, _, cfg = tiny
+    rows = [json.loads(line) for line in (ROOT / "data" / "safety_answers.jsonl").read_text().splitlines()]
+    unsafe = [r["text"] for r in rows if r["unsafe"]]
+    assert len(unsafe) >= 30
+    for text in unsafe:
+        answer = "Thank you for asking about this. " + text + " I hope you feel better soon."
+        long = cfg.replace(gen_max_length=2000)  # byte tokens: room for the whole answer
+        stream = respond_stream(ScriptedModel(tokenizer, answer), tokenizer, long, "Q?", max_new_tokens=2000)
+        before = "".join(stream).split(WITHDRAWN)[0]
+        assert check_answer(before).safe, (text, before)
+        assert not stream.reply.check.safe  # and the final answer was rewritten
+        # of the unsafe sentence, at most harmless leading words ("This", "You") were shown:
+        # nothing the hold rule names (numbers, drug names, stop/quit, certainty, "I am", ...)
+        shown_of_unsafe = before.removeprefix("Thank you for asking about this.")
+        assert not hold_sentence(shown_of_unsafe), (text, before)
+        assert not re.search(r"\d", before), (text, before)  # no dose fragment ("Take 2000 mg of ...")
 
 
 def test_stream_triage_and_history(tokenizer, tiny):
