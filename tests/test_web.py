@@ -177,7 +177,8 @@ def make_client(tiny):
 
     def make(**kw):
         limits = Limits(**{k: v for k, v in kw.items() if k in Limits.__dataclass_fields__})
-        server = Server(*tiny, limits=limits, api_key=kw.get("api_key"), model_id="tiny")
+        server = Server(*tiny, limits=limits, api_key=kw.get("api_key"), model_id="tiny",
+                        log_messages=kw.get("log_messages", False))  # fmt: skip
         return TestClient(build_app(server, page_password=kw.get("api_key")))
 
     return make
@@ -340,3 +341,52 @@ def test_twenty_concurrent_chats_finish_or_are_refused_cleanly(live_server, queu
         assert codes.count(200) == 20  # everyone fits in the queue: all finish
     else:
         assert 4 <= codes.count(200) < 20 and codes.count(429) > 0  # the rest are refused, never 5xx
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_public_server_requires_a_key_by_default(tiny, capsys, monkeypatch):
+    import httpx
+
+    from medbot_web import launch
+
+    monkeypatch.delenv("MEDBOT_API_KEY", raising=False)
+    port = _free_port()
+    launch(*tiny, host="0.0.0.0", port=port, block=False)  # reachable from other machines: public
+    key = re.search(r"\(user 'medbot'\) is (\S+)", capsys.readouterr().out).group(1)
+    url = f"http://127.0.0.1:{port}/v1/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_a_local_server_takes_its_key_from_the_environment(tiny, monkeypatch):
+    import httpx
+
+    from medbot_web import launch
+
+    monkeypatch.setenv("MEDBOT_API_KEY", "from-the-env")
+    url, _ = launch(*tiny, port=_free_port(), block=False)
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-the-env"}).status_code == 200
+    monkeypatch.delenv("MEDBOT_API_KEY")
+    url, _ = launch(*tiny, port=_free_port(), block=False)
+    assert httpx.get(f"{url}/v1/models").status_code == 200  # localhost without a key: open
+
+
+def test_logs_hold_no_message_text_unless_asked(make_client, caplog):
+    import logging
+
+    body = chat_body("My private symptom is zyxwvut rash.")
+    with caplog.at_level(logging.INFO, logger="medbot.web"):
+        make_client().post("/v1/chat/completions", json=body)
+    assert "chars=" in caplog.text and "zyxwvut" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medbot.web"):
+        make_client(log_messages=True).post("/v1/chat/completions", json=body)
+    assert "zyxwvut" in caplog.text
