@@ -30,7 +30,7 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from medbot_chat import DISCLAIMER, ReplyStream, respond_stream
@@ -41,6 +41,7 @@ log = logging.getLogger("medbot.web")
 
 MAX_MESSAGE_CHARS = 4000  # schema bounds; `Limits` may set tighter ones
 MAX_MESSAGES = 64
+MIN_TEMPERATURE = 0.05  # below this (but above 0, greedy) sampling overflows
 API_KEY_ENV = "MEDBOT_API_KEY"
 
 
@@ -99,12 +100,20 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
-    temperature: float | None = Field(None, ge=0.0, le=1.5, description="0 = greedy")
+    temperature: float | None = Field(None, ge=0.0, le=1.5, description="0 = greedy, else at least 0.05")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, le=200)
     max_tokens: int | None = Field(None, ge=1, le=4096)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     n: int = Field(1, ge=1, le=1, description="one answer per request")
+
+    @field_validator("temperature")
+    @classmethod
+    def _usable_temperature(cls, value: float | None) -> float | None:
+        # found by fuzzing: logits / 1e-136 overflow to inf and sampling fails
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
 
 
 def split_conversation(messages: list[Message], limit: int) -> tuple[str, list[tuple[str, str]]]:

@@ -221,6 +221,7 @@ def test_streaming_matches_non_streaming(make_client):
     [
         (chat_body("x" * 2001), 422),  # over the message limit
         (chat_body(temperature=3.0), 422),  # outside the safe sampling bounds
+        (chat_body(temperature=1.685e-136), 422),  # found by fuzzing: overflowed to a 500
         ({"messages": [{"role": "assistant", "content": "hi"}]}, 422),  # nothing to answer
         ({"messages": [{"role": "user", "content": "   "}]}, 422),
         ({"messages": []}, 422),
