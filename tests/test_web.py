@@ -235,6 +235,13 @@ def test_bad_requests_get_422(make_client, body, status):
     assert r.json()["error"]["message"]
 
 
+def test_unpaired_surrogates_get_422_not_500(make_client):
+    """JSON may escape half a surrogate pair; tokenizers raise on it, so it must be refused first."""
+    raw = '{"messages": [{"role": "user", "content": "chest pain \\ud800 now"}], "max_tokens": 5}'
+    r = make_client().post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "content" in r.json()["error"]["message"]  # pydantic refuses it
+
+
 def test_oversize_bodies_get_413(make_client):
     client = make_client(max_body_bytes=1000)
     big = json.dumps(chat_body("a" * 1500))
