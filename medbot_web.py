@@ -127,14 +127,19 @@ def split_conversation(messages: list[Message], limit: int) -> tuple[str, list[t
             raise HTTPException(422, f"a message is {len(m.content)} characters; the limit is {limit}")
     if not turns[-1].content.strip():
         raise HTTPException(422, "the last user message is empty")
-    history, pending = [], None
-    for m in turns[:-1]:
-        if m.role == "user":
-            pending = m.content
+    return turns[-1].content, exchanges([(m.role, m.content) for m in turns[:-1]])
+
+
+def exchanges(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(role, text) turns -> (patient message, doctor answer) pairs, safety texts removed."""
+    pairs, pending = [], None
+    for role, text in turns:
+        if role == "user":
+            pending = text
         elif pending is not None:
-            history.append((pending, answer_only(m.content)))
+            pairs.append((pending, answer_only(text)))
             pending = None
-    return turns[-1].content, history
+    return pairs
 
 
 def answer_only(text: str) -> str:
@@ -358,14 +363,9 @@ def chat_page(server: Server) -> Any:
             raise gr.Error("Please type a question.")
         if len(message) > server.limits.max_message_chars:
             raise gr.Error(f"Please keep messages under {server.limits.max_message_chars} characters.")
-        pairs, pending = [], None
-        for m in history:
-            text = m["content"] if isinstance(m["content"], str) else ""
-            if m["role"] == "user":
-                pending = text
-            elif pending is not None:
-                pairs.append((pending, answer_only(text)))
-                pending = None
+        pairs = exchanges(
+            [(m["role"], m["content"] if isinstance(m["content"], str) else "") for m in history]
+        )
         if not server.gate.enter():
             raise gr.Error("The model is busy; please try again in a moment.")
         started = time.monotonic()

@@ -84,3 +84,15 @@ def tiny_cfg(tiny_falcon_dir, tmp_path):
         logs_dir=str(tmp_path / "logs"),
         gradient_checkpointing=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tiny_falcon_dir):
+    """The tiny Falcon ready to generate: (model, tokenizer, cfg) with a 200-token generation limit."""
+    from medbot_config import reference
+    from medbot_model import load_base_model, load_tokenizer
+
+    cfg = reference().replace(
+        model_name=str(tiny_falcon_dir), load_in_4bit=False, compute_dtype="fp32", gen_max_length=200
+    )
+    return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from medbot_chat import DISCLAIMER, Reply, cut_at_stop, respond
-from medbot_model import load_base_model, load_tokenizer
 
 
 def test_cut_at_stop_takes_the_earliest_stop():
@@ -20,18 +19,8 @@ def test_reply_text_always_carries_the_disclaimer():
     assert "no answer was generated" in Reply("").text
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_falcon_dir):
-    from medbot_config import reference
-
-    cfg = reference().replace(
-        model_name=str(tiny_falcon_dir), load_in_4bit=False, compute_dtype="fp32", gen_max_length=200
-    )
-    return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg
-
-
-def test_respond_returns_only_new_text_and_stops_at_the_marker(tiny_model):
-    model, tokenizer, cfg = tiny_model
+def test_respond_returns_only_new_text_and_stops_at_the_marker(tiny_chat):
+    model, tokenizer, cfg = tiny_chat
     for seed in range(3):
         reply = respond(model, tokenizer, cfg, "I have a sore throat.", seed=seed, max_new_tokens=40)
         assert "###" not in reply.answer and "Patient query" not in reply.answer
@@ -40,9 +29,9 @@ def test_respond_returns_only_new_text_and_stops_at_the_marker(tiny_model):
     assert a == b  # a seed makes the sampling reproducible
 
 
-def test_respond_uses_the_configs_stop_sequences(tiny_model):
+def test_respond_uses_the_configs_stop_sequences(tiny_chat):
     """A random model emits arbitrary bytes; with every letter as a stop, the answer is cut early."""
-    model, tokenizer, cfg = tiny_model
+    model, tokenizer, cfg = tiny_chat
     full = respond(model, tokenizer, cfg, "Q", seed=1, max_new_tokens=30).answer
     stops = [chr(c) for c in range(32, 127)]
     cut = respond(model, tokenizer, cfg.replace(stop_sequences=stops), "Q", seed=1, max_new_tokens=30).answer
@@ -50,18 +39,18 @@ def test_respond_uses_the_configs_stop_sequences(tiny_model):
     assert not any(s in cut for s in stops)
 
 
-def test_respond_rejects_empty_and_overlong_queries(tiny_model):
-    model, tokenizer, cfg = tiny_model
+def test_respond_rejects_empty_and_overlong_queries(tiny_chat):
+    model, tokenizer, cfg = tiny_chat
     with pytest.raises(ValueError, match="empty"):
         respond(model, tokenizer, cfg, "   ")
     with pytest.raises(ValueError, match="the limit is 200"):
         respond(model, tokenizer, cfg, "x" * 500)
 
 
-def test_respond_batch_keeps_order_and_applies_the_layer_per_query(tiny_model):
+def test_respond_batch_keeps_order_and_applies_the_layer_per_query(tiny_chat):
     from medbot_chat import respond_batch
 
-    model, tokenizer, cfg = tiny_model
+    model, tokenizer, cfg = tiny_chat
     queries = [
         "I have a sore throat.",
         "Tengo mucha fiebre y tos desde ayer por la noche",

@@ -17,7 +17,6 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from medbot_chat import DISCLAIMER, WITHDRAWN, respond, respond_stream
-from medbot_model import load_base_model, load_tokenizer
 from medbot_safety import EMERGENCY_ADVICE, check_answer, hold_sentence
 from medbot_utils import format_conversation
 
@@ -52,18 +51,8 @@ class ScriptedModel:
         return out
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_falcon_dir):
-    from medbot_config import reference
-
-    cfg = reference().replace(
-        model_name=str(tiny_falcon_dir), load_in_4bit=False, compute_dtype="fp32", gen_max_length=200
-    )
-    return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg
-
-
-def test_stream_is_the_same_path_as_respond(tiny):
-    model, tok, cfg = tiny
+def test_stream_is_the_same_path_as_respond(tiny_chat):
+    model, tok, cfg = tiny_chat
     for seed in (0, 5):
         stream = respond_stream(model, tok, cfg, "I have a sore throat.", seed=seed, max_new_tokens=40)
         pieces = list(stream)
@@ -73,8 +62,8 @@ def test_stream_is_the_same_path_as_respond(tiny):
             assert "".join(pieces) == reply.answer
 
 
-def test_stream_releases_only_checked_sentences(tokenizer, tiny):
-    _, _, cfg = tiny
+def test_stream_releases_only_checked_sentences(tokenizer, tiny_chat):
+    _, _, cfg = tiny_chat
     text = (
         "Rest and drink plenty of fluids tonight. Take 6000 mg of paracetamol every day. Then rest more. " * 3
     )
@@ -91,10 +80,10 @@ def test_stream_releases_only_checked_sentences(tokenizer, tiny):
     assert model.emitted < len(model.ids)  # generation was stopped, not run to the end
 
 
-def test_no_unsafe_answer_is_ever_shown_while_streaming(tokenizer, tiny):
+def test_no_unsafe_answer_is_ever_shown_while_streaming(tokenizer, tiny_chat):
     """Every unsafe answer of the safety set, streamed word by word: what a surface shows before
     the withdrawal always passes the answer check (the held sentence never leaks)."""
-    _, _, cfg = tiny
+    _, _, cfg = tiny_chat
     rows = [json.loads(line) for line in (ROOT / "data" / "safety_answers.jsonl").read_text().splitlines()]
     unsafe = [r["text"] for r in rows if r["unsafe"]]
     assert len(unsafe) >= 30
@@ -112,8 +101,8 @@ def test_no_unsafe_answer_is_ever_shown_while_streaming(tokenizer, tiny):
         assert not re.search(r"\d", before), (text, before)  # no dose fragment ("Take 2000 mg of ...")
 
 
-def test_stream_triage_and_history(tokenizer, tiny):
-    _, _, cfg = tiny
+def test_stream_triage_and_history(tokenizer, tiny_chat):
+    _, _, cfg = tiny_chat
     model = ScriptedModel(tokenizer, "Call an ambulance now.")
     stream = respond_stream(model, tokenizer, cfg, "I have crushing chest pain spreading to my left arm")
     list(stream)
@@ -129,8 +118,8 @@ def test_stream_triage_and_history(tokenizer, tiny):
     assert stream.prompt_turns == 2
 
 
-def test_stream_cancel_and_timeout(tokenizer, tiny):
-    _, _, cfg = tiny
+def test_stream_cancel_and_timeout(tokenizer, tiny_chat):
+    _, _, cfg = tiny_chat
     model = ScriptedModel(tokenizer, "Sleep well. " * 40, delay=0.01)
     stream = respond_stream(model, tokenizer, cfg, "I cannot sleep.", max_new_tokens=400)
     first = next(iter(stream))
@@ -158,7 +147,7 @@ def test_stream_cancel_and_timeout(tokenizer, tiny):
     for d in drainers:
         d.join(10)
     assert not errors and stream.reply is not None
-    real, tok, _ = tiny
+    real, tok, _ = tiny_chat
     timed = respond_stream(
         real, tok, cfg.replace(stop_sequences=["\x00\x01"]), "Q", max_new_tokens=150, max_time=0.02
     )
@@ -170,14 +159,14 @@ def test_stream_cancel_and_timeout(tokenizer, tiny):
 
 
 @pytest.fixture(scope="module")
-def make_client(tiny):
+def make_client(tiny_chat):
     from fastapi.testclient import TestClient
 
     from medbot_web import Limits, Server, build_app
 
     def make(**kw):
         limits = Limits(**{k: v for k, v in kw.items() if k in Limits.__dataclass_fields__})
-        server = Server(*tiny, limits=limits, api_key=kw.get("api_key"), model_id="tiny",
+        server = Server(*tiny_chat, limits=limits, api_key=kw.get("api_key"), model_id="tiny",
                         log_messages=kw.get("log_messages", False))  # fmt: skip
         return TestClient(build_app(server, page_password=kw.get("api_key")))
 
@@ -303,7 +292,7 @@ def test_openapi_fuzz_finds_no_server_error(make_client, mode):
 
 
 @pytest.fixture
-def live_server(tiny):
+def live_server(tiny_chat):
     """The app on a real port (uvicorn in a thread), for concurrency."""
     import socket
 
@@ -314,7 +303,7 @@ def live_server(tiny):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         url, _ = launch(
-            *tiny, port=port, limits=Limits(queue_size=queue_size, max_new_tokens=40), block=False
+            *tiny_chat, port=port, limits=Limits(queue_size=queue_size, max_new_tokens=40), block=False
         )
         return url
 
@@ -359,31 +348,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_public_server_requires_a_key_by_default(tiny, capsys, monkeypatch):
+def test_a_public_server_requires_a_key_by_default(tiny_chat, capsys, monkeypatch):
     import httpx
 
     from medbot_web import launch
 
     monkeypatch.delenv("MEDBOT_API_KEY", raising=False)
     port = _free_port()
-    launch(*tiny, host="0.0.0.0", port=port, block=False)  # reachable from other machines: public
+    launch(*tiny_chat, host="0.0.0.0", port=port, block=False)  # reachable from other machines: public
     key = re.search(r"\(user 'medbot'\) is (\S+)", capsys.readouterr().out).group(1)
     url = f"http://127.0.0.1:{port}/v1/models"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
-def test_a_local_server_takes_its_key_from_the_environment(tiny, monkeypatch):
+def test_a_local_server_takes_its_key_from_the_environment(tiny_chat, monkeypatch):
     import httpx
 
     from medbot_web import launch
 
     monkeypatch.setenv("MEDBOT_API_KEY", "from-the-env")
-    url, _ = launch(*tiny, port=_free_port(), block=False)
+    url, _ = launch(*tiny_chat, port=_free_port(), block=False)
     assert httpx.get(f"{url}/v1/models").status_code == 401
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-the-env"}).status_code == 200
     monkeypatch.delenv("MEDBOT_API_KEY")
-    url, _ = launch(*tiny, port=_free_port(), block=False)
+    url, _ = launch(*tiny_chat, port=_free_port(), block=False)
     assert httpx.get(f"{url}/v1/models").status_code == 200  # localhost without a key: open
 
 
