@@ -9,6 +9,18 @@ The prompt comes from the config saved with the adapter, so chat formats exactly
 did. The safety layer (medbot_safety.py) runs inside: triage of the message before generation,
 checks of the answer after. Generation samples with the seed's settings and stops at EOS or at the next `###`
 (Falcon rarely emits EOS); only the answer text is returned, never the prompt.
+
+The whole chat turn lives here, so that every surface (notebook, API, chat page) shows the same
+text and a surface only transports it:
+
+- `Reply.text` is the one text shown for a reply: triage advice first (if any), the answer (the
+  safe rewrite when the answer check failed), the disclaimer; `PLACEHOLDER` stands in for the
+  answer only when there is neither advice nor answer.
+- `ReplyStream` is the same reply as it is generated; `head`, the pieces and `tail` assemble to
+  `Reply.text`, except after a withdrawal (see `ReplyStream`).
+- `parse_history` and `strip_reply` turn what a client sends back (shown texts, streamed texts
+  with a withdrawal, a half-streamed page message) into (patient, answer) exchanges: no advice,
+  disclaimer, placeholder, marker or withdrawn sentence ever reaches a prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +36,31 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from medbot_config import MedbotConfig
-from medbot_safety import AnswerCheck, Flag, Triage, check_answer, hold_sentence, triage
+from medbot_safety import (
+    CRISIS_ADVICE,
+    EMERGENCY_ADVICE,
+    NON_ENGLISH,
+    URGENT_ADVICE,
+    AnswerCheck,
+    Flag,
+    Triage,
+    check_answer,
+    hold_sentence,
+    triage,
+)
 from medbot_utils import format_conversation, format_prompt
 
 DISCLAIMER = (
     "This is an AI research demo, not medical advice, and not a doctor. "
     "For a medical problem see a qualified clinician; in an emergency call your local emergency number."
 )
+PLACEHOLDER = "(no answer was generated; please rephrase)"  # only when there is neither advice nor answer
+WITHDRAWN = "[The text above was withdrawn by the safety check.]"  # streams only: text had been shown
+CURSOR = "…"  # the chat page's "still writing" mark at the end of a message being streamed
+# The chat page's banners above the conversation (a banner is a page element, never part of a message;
+# strip_reply removes their lead-ins anyway, in case a client pastes one back).
+EMERGENCY_BANNER = "🚨 **Possible emergency.** {advice}"  # emergency and crisis verdicts
+URGENT_BANNER = "⚠️ **See a clinician today.** {advice}"
 
 
 @dataclass
@@ -51,11 +81,77 @@ class Reply:
 
     @property
     def text(self) -> str:
-        """What a surface displays: emergency advice first (if any), the answer, the disclaimer."""
+        """What every surface displays, the one rule for all of them: the triage advice first (if
+        any), the answer (already the safe rewrite if the check failed), the disclaimer, separated by
+        blank lines. `PLACEHOLDER` stands in for the answer only when there is no advice either
+        (a non-English message or an emergency with no answer still shows its advice).
+        `strip_reply(reply.text) == reply.answer`."""
         parts = [self.triage.advice] if self.triage.advice else []
         if self.answer or not parts:
-            parts.append(self.answer or "(no answer was generated; please rephrase)")
+            parts.append(self.answer or PLACEHOLDER)
         return "\n\n".join(parts + [self.disclaimer])
+
+
+def banner(verdict: Triage) -> str | None:
+    """The chat page's banner for a verdict: 🚨 for emergency and crisis, ⚠️ for urgent, else None."""
+    if verdict.emergency and verdict.advice:
+        return EMERGENCY_BANNER.format(advice=verdict.advice)
+    if verdict.level == "urgent" and verdict.advice:
+        return URGENT_BANNER.format(advice=verdict.advice)
+    return None
+
+
+# Everything the safety layer and the surfaces add around an answer. Crisis advice followed by
+# emergency advice is two of these; the longest go first so that none is cut by a shorter one.
+_SHOWN_TEXTS = sorted(
+    {
+        DISCLAIMER,
+        PLACEHOLDER,
+        CRISIS_ADVICE,
+        EMERGENCY_ADVICE,
+        URGENT_ADVICE,
+        NON_ENGLISH,
+        EMERGENCY_BANNER.format(advice="").strip(),
+        URGENT_BANNER.format(advice="").strip(),
+    },
+    key=len,
+    reverse=True,
+)
+
+
+def strip_reply(shown: str) -> str:
+    """A reply as a surface showed it -> the answer alone, for the history of the next prompt.
+
+    Removes the cursor of a half-streamed page message, everything up to and including a
+    WITHDRAWN marker (the withdrawn sentence the stream had shown), the advice texts (all four, also
+    crisis + emergency combined), the disclaimer, the placeholder, banner lead-ins and the
+    surrounding whitespace. `strip_reply(reply.text) == reply.answer` for every reply, and the same
+    holds for the text a streaming client assembles (`ReplyStream.assembled`).
+    """
+    text = shown.rstrip().removesuffix(CURSOR)
+    # a withdrawal comes after the withdrawn text and before the safe text: only the latter remains
+    text = text.rpartition(WITHDRAWN)[2]
+    for fixed in _SHOWN_TEXTS:
+        text = text.replace(fixed, "")
+    return text.strip()
+
+
+def parse_history(turns: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(role, text) turns as a client sends them -> (patient message, answer) exchanges, oldest first.
+
+    Each assistant text goes through `strip_reply`, so only the model's own answers enter the next
+    prompt. A user turn is paired with the assistant turn after it; a user turn without an answer
+    (the client retried) is replaced by the next one, an assistant turn without a question is
+    dropped, and other roles ("system": the template is fixed by training) are ignored.
+    """
+    pairs, pending = [], None
+    for role, text in turns:
+        if role == "user":
+            pending = text
+        elif role == "assistant" and pending is not None:
+            pairs.append((pending, strip_reply(text)))
+            pending = None
+    return pairs
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -117,7 +213,7 @@ def respond_batch(
     out = model.generate(**enc, **kwargs)
     width = enc["input_ids"].shape[1]
     for row, i in enumerate(todo):
-        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i])
+        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i], queries[i])
     return replies
 
 
@@ -155,17 +251,23 @@ def generate_kwargs(
     )
 
 
-def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage) -> Reply:
+def answer_check(answer: str, query: str) -> AnswerCheck:
+    """The one place the safety layer's answer check is called (final answers in `finish`, the text
+    released while streaming): `query` is the patient's message, for `check_answer(question=...)`
+    once the safety layer takes it."""
+    return check_answer(answer)
+
+
+def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str) -> Reply:
     """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer."""
     raw = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_sequences).strip()
-    check = check_answer(raw)  # after generation: unsafe advice is replaced, with its reason codes
+    check = answer_check(raw, query)  # after generation: unsafe advice is replaced, with its reason codes
     n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
     return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
 
 
 # ----------------------------------------------------------------------------- streaming
 
-WITHDRAWN = "[The text above was withdrawn by the safety check.]"
 _SENTENCE_END = re.compile(r"[.!?:;](?=\s)|\n")
 
 
@@ -183,19 +285,28 @@ class _Cancel(StoppingCriteria):
 
 @dataclass
 class ReplyStream:
-    """A reply as it is generated. Iterate for text pieces; `reply` is set when iteration ends.
+    """A reply as it is generated. Iterate for the answer's text pieces; `reply` is set when
+    iteration ends.
 
     Text is released word by word once the safety check has passed on everything so far; a
     sentence that touches what the check looks at (numbers, drug names, stop/quit, certainty,
     "I am", diagnosis) is held until it is complete and checked, so no surface ever shows an
     unsafe sentence. If the final check
     rewrites the answer, the last piece withdraws what was shown and gives the safe text.
+
+    What a streaming client shows is `head` (before generation), the pieces, then `tail` (once
+    iteration has ended); together they are `assembled`, which is exactly `reply.text`, with one
+    exception: when the check rewrote an answer after some of it had been shown, that text cannot
+    be unsaid, so the pieces are `shown + "\n\n" + WITHDRAWN + "\n\n" + reply.answer` (the
+    rewrite). `strip_reply(assembled) == reply.answer` in both cases. A surface that can replace
+    what it showed (the chat page, a non-streaming response) shows `reply.text` at the end.
     """
 
     triage: Triage
     prompt_turns: int = 0  # earlier exchanges that fitted into the prompt (oldest are left out first)
     reply: Reply | None = None
     finish_reason: str = "stop"  # stop | length | timeout | cancelled | safety
+    streamed: str = ""  # the pieces yielded so far, joined
     _pieces: Iterator[str] = field(default_factory=lambda: iter(()))
     _stop: threading.Event = field(default_factory=threading.Event)
     _turn: threading.Lock = field(default_factory=threading.Lock)
@@ -205,9 +316,29 @@ class ReplyStream:
         while True:
             with self._turn:
                 piece = next(self._pieces, None)
+                if piece is not None:
+                    self.streamed += piece
             if piece is None:
                 return
             yield piece
+
+    @property
+    def head(self) -> str:
+        """What is shown before the first piece: the triage advice and a blank line, or nothing."""
+        return self.triage.advice + "\n\n" if self.triage.advice else ""
+
+    @property
+    def tail(self) -> str:
+        """What is shown after the last piece, so that head + pieces + tail == reply.text: the
+        disclaimer, after a blank line or (with neither advice nor answer) after the placeholder."""
+        if self.streamed:
+            return "\n\n" + DISCLAIMER
+        return DISCLAIMER if self.triage.advice else PLACEHOLDER + "\n\n" + DISCLAIMER
+
+    @property
+    def assembled(self) -> str:
+        """The whole text a streaming client shows once the stream has ended (see the class docstring)."""
+        return self.head + self.streamed + self.tail
 
     def cancel(self) -> None:
         """Stop generating (e.g. the client went away); the reply keeps what was generated."""
@@ -230,8 +361,10 @@ def respond_stream(
     """Stream the answer to `query`: the same prompt, sampling and safety layer as `respond`.
 
     Args:
-        history: earlier (patient, doctor answer) exchanges of this conversation, oldest first;
-            they go into the prompt in the training template, oldest dropped first if too long.
+        history: earlier (patient, doctor answer) exchanges of this conversation, oldest first
+            (`parse_history` makes them from what a client sends back; each answer is passed
+            through `strip_reply` again here); they go into the prompt in the training template,
+            oldest dropped first if too long.
         max_time: seconds after which generation stops (finish_reason "timeout").
         Other arguments as in `respond`; with the same seed and no history the final reply
         equals `respond`'s.
@@ -242,7 +375,8 @@ def respond_stream(
     if stream.triage.non_english:
         stream.reply = Reply(answer="", triage=stream.triage)
         return stream
-    turns = list(history or [])
+    # answers only: whatever a caller passes, no safety text, marker or placeholder enters the prompt
+    turns = [(patient, strip_reply(answer)) for patient, answer in history or []]
     while True:  # the newest exchanges that fit in half the generation budget
         prompt = format_conversation(query, cfg.prompt_template, turns)
         if not turns or len(tokenizer(prompt)["input_ids"]) <= cfg.gen_max_length // 2:
@@ -251,7 +385,7 @@ def respond_stream(
     stream.prompt_turns = len(turns)
     enc = tokenizer([prompt], return_tensors="pt").to(model.device)
     kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
-    stream._pieces = _pieces(stream, model, tokenizer, cfg, enc, kwargs, seed, max_time)
+    stream._pieces = _pieces(stream, query, model, tokenizer, cfg, enc, kwargs, seed, max_time)
     return stream
 
 
@@ -292,7 +426,7 @@ def _releasable(visible: str, stops: list[str]) -> str:
 
 
 def _pieces(
-    stream: ReplyStream, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
+    stream: ReplyStream, query: str, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
     seed: int | None, max_time: float | None,
 ) -> Iterator[str]:  # fmt: skip
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -318,9 +452,11 @@ def _pieces(
         for piece in streamer:
             text += piece
             visible = cut_at_stop(text, cfg.stop_sequences).lstrip()
-            ready = _releasable(visible, cfg.stop_sequences)
+            # trailing whitespace waits for the next word: the final answer is stripped, so what was
+            # shown stays a prefix of it and the last piece completes it without a stray newline
+            ready = _releasable(visible, cfg.stop_sequences).rstrip()
             if len(ready) > len(shown):
-                if not check_answer(ready).safe:
+                if not answer_check(ready, query).safe:
                     stream._stop.set()  # stop generating: the final check below rewrites it
                     stream.finish_reason = "safety"
                     break
@@ -336,7 +472,7 @@ def _pieces(
     if "error" in out:
         raise out["error"]
     new = out["ids"][0, enc["input_ids"].shape[1] :]
-    reply = finish(tokenizer, cfg, new, stream.triage)
+    reply = finish(tokenizer, cfg, new, stream.triage, query)
     stream.reply = reply
     if stream.finish_reason == "stop":
         if max_time and time.monotonic() - started >= max_time:

@@ -9,8 +9,12 @@
 
 Every answer comes from `respond_stream` (medbot_chat.py), the notebook's generation path with
 the safety layer inside: emergency advice first, text released only after the answer check,
-the disclaimer on every reply. One model serves one request at a time; `queue_size` more wait,
-the rest get 429. Message text is never logged unless `--log-messages` is given.
+the disclaimer on every reply. The chat turn itself (what is shown, how history a client sends back
+becomes the prompt's exchanges) lives in medbot_chat.py; this module only transports it: a
+non-streaming response is exactly `Reply.text`, a stream is `ReplyStream.head`, its pieces and
+`ReplyStream.tail`, and the page's final message is `Reply.text`. One model serves one request at
+a time; `queue_size` more wait, the rest get 429. Message text is never logged unless
+`--log-messages` is given.
 """
 
 from __future__ import annotations
@@ -33,9 +37,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from medbot_chat import DISCLAIMER, ReplyStream, respond_stream
+from medbot_chat import CURSOR, DISCLAIMER, ReplyStream, banner, parse_history, respond_stream
 from medbot_config import MedbotConfig
-from medbot_safety import CRISIS_ADVICE, EMERGENCY_ADVICE, NON_ENGLISH
 
 log = logging.getLogger("medbot.web")
 
@@ -117,8 +120,8 @@ class ChatRequest(BaseModel):
 
 
 def split_conversation(messages: list[Message], limit: int) -> tuple[str, list[tuple[str, str]]]:
-    """(latest patient message, earlier (patient, doctor) exchanges); system messages are ignored
-    because the prompt template is fixed by training."""
+    """(latest patient message, earlier (patient, answer) exchanges by `parse_history`); system
+    messages are ignored because the prompt template is fixed by training."""
     turns = [m for m in messages if m.role != "system"]
     if not turns or turns[-1].role != "user":
         raise HTTPException(422, "the last message must have role 'user'")
@@ -127,26 +130,7 @@ def split_conversation(messages: list[Message], limit: int) -> tuple[str, list[t
             raise HTTPException(422, f"a message is {len(m.content)} characters; the limit is {limit}")
     if not turns[-1].content.strip():
         raise HTTPException(422, "the last user message is empty")
-    return turns[-1].content, exchanges([(m.role, m.content) for m in turns[:-1]])
-
-
-def exchanges(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(role, text) turns -> (patient message, doctor answer) pairs, safety texts removed."""
-    pairs, pending = [], None
-    for role, text in turns:
-        if role == "user":
-            pending = text
-        elif pending is not None:
-            pairs.append((pending, answer_only(text)))
-            pending = None
-    return pairs
-
-
-def answer_only(text: str) -> str:
-    """A displayed reply without the safety texts, so that history holds only the model's answers."""
-    for fixed in (DISCLAIMER, CRISIS_ADVICE, EMERGENCY_ADVICE, NON_ENGLISH):
-        text = text.replace(fixed, "")
-    return text.strip()
+    return turns[-1].content, parse_history([(m.role, m.content) for m in turns[:-1]])
 
 
 FINISH = {
@@ -278,23 +262,20 @@ def build_api(server: Server) -> FastAPI:
                 _sse(server, stream, rid, query, started), media_type="text/event-stream"
             )
         try:
-            pieces = await run_in_threadpool(lambda: list(stream))
+            await run_in_threadpool(lambda: list(stream))  # generate; the pieces themselves are not sent
         finally:
             server.gate.leave()
         server.log(rid, query, stream, time.monotonic() - started)
-        return _completion(server, stream, rid, "".join(pieces))
+        return _completion(server, stream, rid)
 
     return app
 
 
-def _prefix(stream: ReplyStream) -> str:
-    return stream.triage.advice + "\n\n" if stream.triage.advice else ""
-
-
-def _completion(server: Server, stream: ReplyStream, rid: str, answer: str) -> dict:
+def _completion(server: Server, stream: ReplyStream, rid: str) -> dict:
+    """A whole response: exactly `Reply.text`, so a withdrawn sentence never reaches this client."""
     reply = stream.reply
     assert reply is not None
-    content = _prefix(stream) + (answer or "(no answer was generated; please rephrase)") + "\n\n" + DISCLAIMER
+    content = reply.text
     return {
         "id": rid,
         "object": "chat.completion",
@@ -308,14 +289,24 @@ def _completion(server: Server, stream: ReplyStream, rid: str, answer: str) -> d
             }
         ],  # fmt: skip
         "usage": {"completion_tokens": reply.new_tokens},
-        "medbot": {"emergency": reply.triage.emergency, "flags": [f.code for f in reply.flags]},
+        "medbot": {
+            "emergency": reply.triage.emergency,
+            "level": reply.triage.level,  # routine | urgent | emergency | crisis: urgent is not an emergency
+            "flags": [f.code for f in reply.flags],
+        },
     }
 
 
 async def _sse(
     server: Server, stream: ReplyStream, rid: str, query: str, started: float
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format; the gate is released however the stream ends."""
+    """Server-sent events in OpenAI's chunk format; the gate is released however the stream ends.
+
+    The first chunk carries `stream.head` (the triage advice), then one chunk per piece, and the
+    last `stream.tail` (the disclaimer) with the finish reason: the client assembles
+    `ReplyStream.assembled`, which is `Reply.text` unless shown text was withdrawn (then the
+    WITHDRAWN marker and the safe text follow it, finish_reason "content_filter").
+    """
 
     def chunk(delta: dict, finish: str | None = None) -> str:
         body = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
@@ -324,10 +315,10 @@ async def _sse(
 
     done = False
     try:
-        yield chunk({"role": "assistant", "content": _prefix(stream)})
+        yield chunk({"role": "assistant", "content": stream.head})
         async for piece in iterate_in_threadpool(iter(stream)):
             yield chunk({"content": piece})
-        yield chunk({"content": "\n\n" + DISCLAIMER}, FINISH[stream.finish_reason])
+        yield chunk({"content": stream.tail}, FINISH[stream.finish_reason])
         yield "data: [DONE]\n\n"
         done = True
     finally:
@@ -349,55 +340,73 @@ def _drain_and_leave(server: Server, stream: ReplyStream) -> None:
 
 # ----------------------------------------------------------------------------- the chat page
 
-BANNER = "🚨 **Possible emergency.** {advice}"
 HEADER = "# medbot: doctor–patient chatbot (research demo)\n**Not for medical use.** " + DISCLAIMER
+# Red for call-now (emergency, crisis), amber for same-day care (urgent): told apart at a glance.
+PAGE_CSS = """
+#emergency-banner { border-left: 6px solid #c62828; background: #fdecea; color: #1a1a1a; padding: 0.4em 1em; }
+#urgent-banner { border-left: 6px solid #ef6c00; background: #fff4e5; color: #1a1a1a; padding: 0.4em 1em; }
+"""
 
 
-def chat_page(server: Server) -> Any:
-    """Gradio chat: streams each answer, keeps the conversation, shows an emergency banner."""
+def page_turn(server: Server, message: str, history: list[dict], temperature: float, top_p: float,
+              max_tokens: int) -> Iterator[tuple[str, Any, Any]]:  # fmt: skip
+    """One turn of the chat page: (message so far, emergency banner, urgent banner) updates.
+
+    The message streams as `head` + pieces + CURSOR and ends as `Reply.text`; the history the page
+    sends back goes through `parse_history`. Emergency and crisis verdicts show the 🚨 banner, an
+    urgent one the ⚠️ banner (a separate element, styled apart); banners never enter the history.
+    """
     import gradio as gr
 
-    def answer(message: str, history: list[dict], temperature: float, top_p: float, max_tokens: int
-               ) -> Iterator[tuple[str, Any]]:  # fmt: skip
-        if not message or not message.strip():
-            raise gr.Error("Please type a question.")
-        if len(message) > server.limits.max_message_chars:
-            raise gr.Error(f"Please keep messages under {server.limits.max_message_chars} characters.")
-        pairs = exchanges(
-            [(m["role"], m["content"] if isinstance(m["content"], str) else "") for m in history]
-        )
-        if not server.gate.enter():
-            raise gr.Error("The model is busy; please try again in a moment.")
-        started = time.monotonic()
-        stream = None
+    if not message or not message.strip():
+        raise gr.Error("Please type a question.")
+    if len(message) > server.limits.max_message_chars:
+        raise gr.Error(f"Please keep messages under {server.limits.max_message_chars} characters.")
+    pairs = parse_history(
+        [(m["role"], m["content"] if isinstance(m["content"], str) else "") for m in history]
+    )
+    if not server.gate.enter():
+        raise gr.Error("The model is busy; please try again in a moment.")
+    started = time.monotonic()
+    stream = None
+    try:
         try:
             stream = server.stream(
                 message, pairs, {"temperature": temperature, "top_p": top_p}, max_tokens, None
             )
-            advice = stream.triage.advice if stream.triage.emergency else None
-            banner = (
-                gr.update(value=BANNER.format(advice=advice), visible=True)
-                if advice
-                else gr.update(visible=False)
-            )
-            text = _prefix(stream)
-            yield text + "…", banner
-            for piece in stream:
-                text += piece
-                yield text + "…", banner
-            yield stream.reply.text if stream.reply else text, banner
-        finally:
-            if stream is not None and stream.reply is None:
-                stream.cancel()  # the user pressed stop or left: finish generate() before freeing the model
-                for _ in stream:
-                    pass
-            server.gate.leave()
-            if stream is not None:
-                server.log("page", message, stream, time.monotonic() - started)
+        except ValueError as e:  # e.g. the conversation no longer fits the model's length
+            raise gr.Error(str(e)) from None
+        text = banner(stream.triage)  # None, or the 🚨 (emergency, crisis) or ⚠️ (urgent) banner
+        hidden = gr.update(visible=False)
+        emergency = gr.update(value=text, visible=True) if text and stream.triage.emergency else hidden
+        urgent = gr.update(value=text, visible=True) if text and not stream.triage.emergency else hidden
+        yield stream.head + CURSOR, emergency, urgent
+        for _ in stream:
+            yield stream.head + stream.streamed + CURSOR, emergency, urgent
+        assert stream.reply is not None
+        yield stream.reply.text, emergency, urgent
+    finally:
+        if stream is not None and stream.reply is None:
+            stream.cancel()  # the user pressed stop or left: finish generate() before freeing the model
+            for _ in stream:
+                pass
+        server.gate.leave()
+        if stream is not None:
+            server.log("page", message, stream, time.monotonic() - started)
+
+
+def chat_page(server: Server) -> Any:
+    """Gradio chat: streams each answer, keeps the conversation, shows an emergency or urgent banner."""
+    import gradio as gr
+
+    def answer(message: str, history: list[dict], temperature: float, top_p: float, max_tokens: int
+               ) -> Iterator[tuple[str, Any, Any]]:  # fmt: skip
+        yield from page_turn(server, message, history, temperature, top_p, max_tokens)
 
     with gr.Blocks(title="medbot (not for medical use)") as page:
         gr.Markdown(HEADER, elem_id="disclaimer")
-        banner = gr.Markdown(visible=False, elem_id="emergency-banner")
+        emergency = gr.Markdown(visible=False, elem_id="emergency-banner")
+        urgent = gr.Markdown(visible=False, elem_id="urgent-banner")
         gr.ChatInterface(
             answer,
             additional_inputs=[
@@ -414,7 +423,7 @@ def chat_page(server: Server) -> Any:
                 ),  # fmt: skip
             ],
             additional_inputs_accordion="Sampling (bounded)",
-            additional_outputs=[banner],
+            additional_outputs=[emergency, urgent],
             examples=[["I have had a dry cough and a mild fever for three days. What should I do?"]],
             run_examples_on_click=False,
             flagging_mode="never",
@@ -430,7 +439,7 @@ def build_app(server: Server, page_password: str | None = None) -> FastAPI:
 
     api = build_api(server)
     auth = ("medbot", page_password) if page_password else None
-    app = gr.mount_gradio_app(api, chat_page(server), path="/", auth=auth, footer_links=[])
+    app = gr.mount_gradio_app(api, chat_page(server), path="/", auth=auth, footer_links=[], css=PAGE_CSS)
     app.add_middleware(BodyLimit, limit=server.limits.max_body_bytes)
     return app
 

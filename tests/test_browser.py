@@ -100,6 +100,7 @@ def test_page_streams_answers_keeps_the_conversation_and_shows_the_disclaimer(pa
     partial = [s for s in seen[:-1] if s.endswith("…")]
     assert partial, f"no intermediate state was shown: {seen}"  # it streamed, not one final update
     assert not page.locator("#emergency-banner").is_visible()
+    assert not page.locator("#urgent-banner").is_visible()
     ask(page, "And should I take anything for the fever?")
     assert page.locator('[data-testid="bot"]').count() == 2  # the conversation is kept
     assert page.locator('[data-testid="user"]').count() == 2
@@ -110,4 +111,5 @@ def test_emergency_message_shows_the_banner(page):
     banner = page.locator("#emergency-banner")
     banner.wait_for(state="visible", timeout=10_000)
     assert "emergency" in banner.inner_text().lower()
+    assert not page.locator("#urgent-banner").is_visible()  # urgent has its own, separate banner
     assert "emergency" in seen[-1].lower() and DISCLAIMER[:40] in seen[-1]

@@ -15,8 +15,21 @@ from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from test_chat import SAFETY_TEXTS, VERDICTS
 
-from medbot_chat import DISCLAIMER, WITHDRAWN, respond, respond_stream
+import medbot_chat
+from medbot_chat import (
+    CURSOR,
+    DISCLAIMER,
+    EMERGENCY_BANNER,
+    URGENT_BANNER,
+    WITHDRAWN,
+    Reply,
+    banner,
+    respond,
+    respond_stream,
+    strip_reply,
+)
 from medbot_safety import EMERGENCY_ADVICE, check_answer, hold_sentence
 from medbot_utils import format_conversation
 
@@ -30,11 +43,13 @@ class ScriptedModel:
     def __init__(self, tokenizer, text: str, delay: float = 0.0) -> None:
         self.ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
         self.delay, self.emitted = delay, 0
+        self.tokenizer, self.prompts = tokenizer, []  # every prompt it was given, as text
 
     def parameters(self):
         return iter(())
 
     def generate(self, input_ids, streamer=None, stopping_criteria=(), max_new_tokens=None, **kwargs):
+        self.prompts.append(self.tokenizer.decode(input_ids[0]))
         out = input_ids
         if streamer is not None:
             streamer.put(input_ids[0])  # as generate() does: the streamer skips the prompt it is given first
@@ -387,3 +402,210 @@ def test_logs_hold_no_message_text_unless_asked(make_client, caplog):
     with caplog.at_level(logging.INFO, logger="medbot.web"):
         make_client(log_messages=True).post("/v1/chat/completions", json=body)
     assert "zyxwvut" in caplog.text
+
+
+# ----------------------------------------------------------------------------- one reply text on every surface
+
+UNSAFE_STREAM = (
+    "Rest and drink plenty of fluids tonight. Take 6000 mg of paracetamol every day. Then rest more."
+)
+WITHDRAWN_SENTENCE = "Rest and drink plenty of fluids tonight."
+MAX_TOKENS = 120  # room for all of UNSAFE_STREAM (cut short, "Take 6000 mg of par" would pass the check)
+# kind -> (what the model says: None for the tiny random Falcon, else scripted; the verdict; cancelled?)
+REPLY_KINDS = {
+    "plain": (None, "plain", False),
+    "emergency": (None, "emergency", False),
+    "urgent": (None, "urgent", False),
+    "crisis": (None, "crisis", False),
+    "crisis+emergency": (None, "crisis+emergency", False),
+    "non-English": (None, "non-English", False),
+    "rewritten": (UNSAFE_STREAM, "plain", False),  # shown, then withdrawn by the answer check
+    "emergency, rewritten": (UNSAFE_STREAM, "emergency", False),
+    "no answer": ("", "plain", False),  # the placeholder
+    "emergency, no answer": ("", "emergency", False),  # advice, no placeholder
+    "cancelled": ("Sleep well. " * 40, "plain", True),
+}
+
+
+def _cancel_after_first_piece(stream) -> None:
+    """As when a server stops a request mid-way: cancel() once the first piece has been read."""
+    pieces = stream._pieces
+
+    def cancelling():
+        for i, piece in enumerate(pieces):
+            if i == 0:
+                stream.cancel()
+            yield piece
+
+    stream._pieces = cancelling()
+
+
+@pytest.fixture
+def kind_server(tiny_chat, tokenizer, monkeypatch):
+    """make(kind, cfg=None) -> (TestClient of the real app, its Server, the ReplyStreams it made)."""
+    from fastapi.testclient import TestClient
+
+    from medbot_web import Server, build_app
+
+    def make(kind: str, cfg=None):
+        script, verdict, cancel = REPLY_KINDS[kind]
+        model = tiny_chat[0] if script is None else ScriptedModel(tokenizer, script, delay=0.01 * cancel)
+        monkeypatch.setattr(medbot_chat, "triage", lambda message: VERDICTS[verdict])
+        roomy = tiny_chat[2].replace(gen_max_length=1000)  # byte tokens: room for a scripted answer
+        server = Server(model, tokenizer, cfg or (tiny_chat[2] if script is None else roomy), model_id="tiny")
+        streams, make_stream = [], server.stream
+
+        def stream(*args):
+            made = make_stream(*args)
+            if cancel:
+                _cancel_after_first_piece(made)
+            streams.append(made)
+            return made
+
+        server.stream = stream
+        return TestClient(build_app(server)), server, streams
+
+    return make
+
+
+def sse_text(client, body) -> tuple[str, str]:
+    """(the text a streaming client assembles from the chunks, the last finish_reason)."""
+    with client.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    return "".join(c["delta"].get("content", "") for c in chunks), chunks[-1]["finish_reason"]
+
+
+@pytest.mark.parametrize("kind", list(REPLY_KINDS))
+def test_every_kind_of_reply_is_reply_text_on_the_api(kind_server, kind):
+    """Non-streaming API content == Reply.text of the same request; stripping it gives the answer;
+    the same request through respond_stream()/respond() (same seed) shows the same text; a
+    streaming client assembles Reply.text, or after a withdrawal the documented marked text."""
+    client, server, streams = kind_server(kind)
+    body = chat_body("I have a sore throat.", max_tokens=MAX_TOKENS)
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["message"]["content"]
+    stream = streams[-1]
+    reply = stream.reply
+    assert content == reply.text
+    assert strip_reply(content) == reply.answer
+    assert r.json()["medbot"]["emergency"] == reply.triage.emergency
+    assert r.json()["medbot"]["level"] == reply.triage.level
+    assert WITHDRAWN not in content and WITHDRAWN_SENTENCE not in content  # never to a non-streaming client
+    assert ("no answer was generated" in content) == (not reply.answer and not reply.triage.advice)
+    if kind == "cancelled":
+        assert stream.finish_reason == "cancelled" and server.model.emitted < len(server.model.ids)
+    else:  # the chat path itself, outside the server, with the same seed
+        again = server.stream(body["messages"][0]["content"], [], {}, MAX_TOKENS, body["seed"])
+        list(again)
+        assert again.reply.text == content
+        if "rewritten" not in kind:  # (the stream stops at the unsafe sentence, respond() does not)
+            model, tok, cfg = server.model, server.tokenizer, server.cfg
+            assert (
+                respond(model, tok, cfg, "I have a sore throat.", seed=3, max_new_tokens=MAX_TOKENS).text
+                == content
+            )
+    if "rewritten" in kind:
+        assert not reply.check.safe and r.json()["choices"][0]["finish_reason"] == "content_filter"
+
+    text, finish = sse_text(client, body)
+    stream = streams[-1]
+    assert text == stream.assembled and strip_reply(text) == stream.reply.answer
+    if "rewritten" in kind:  # shown text cannot be unsaid: it is withdrawn, then the safe text follows
+        shown = stream.streamed.split("\n\n" + WITHDRAWN)[0]
+        assert shown.startswith(WITHDRAWN_SENTENCE) and check_answer(shown).safe
+        assert (
+            text == stream.head + shown + "\n\n" + WITHDRAWN + "\n\n" + stream.reply.text[len(stream.head) :]
+        )
+        assert finish == "content_filter"
+    else:
+        assert text == stream.reply.text
+        if kind != "cancelled":
+            assert text == content
+
+
+def test_history_sent_back_puts_no_safety_text_into_the_prompt(kind_server, tokenizer, tiny_chat):
+    """What clients send back (a streamed text with emergency advice and a withdrawal, every other
+    kind of shown reply, a page message stopped mid-stream) becomes answers only in the prompt."""
+    from medbot_web import page_turn
+
+    roomy = tiny_chat[2].replace(gen_max_length=20_000)  # byte tokens: room for the whole conversation
+    client, _, _ = kind_server("emergency, rewritten", roomy)
+    streamed, _ = sse_text(client, chat_body("I have crushing chest pain.", max_tokens=400))
+    assert streamed.startswith(EMERGENCY_ADVICE) and WITHDRAWN in streamed and WITHDRAWN_SENTENCE in streamed
+    rewrite = check_answer(UNSAFE_STREAM).text
+    history = [
+        ("I have crushing chest pain.", streamed, rewrite),
+        ("Tengo fiebre y tos.", Reply("", triage=VERDICTS["non-English"]).text, ""),
+        (
+            "I took 40 pills.",
+            Reply("Please call now.", triage=VERDICTS["crisis+emergency"]).text,
+            "Please call now.",
+        ),
+        (
+            "I want to end it.",
+            Reply("You are not alone.", triage=VERDICTS["crisis"]).text,
+            "You are not alone.",
+        ),
+        ("My knee is swollen.", Reply("Keep it raised.", triage=VERDICTS["urgent"]).text, "Keep it raised."),
+        ("Hmm?", Reply("").text, ""),  # the placeholder
+        ("I cannot sleep.", EMERGENCY_ADVICE + "\n\nAvoid coffee" + CURSOR, "Avoid coffee"),  # page, stopped
+    ]
+    messages = [{"role": role, "content": text} for q, shown, _ in history for role, text in (("user", q), ("assistant", shown))]  # fmt: skip
+    client, server, _ = kind_server("no answer", roomy)  # a scripted model that records its prompts
+    r = client.post(
+        "/v1/chat/completions", json={"messages": messages + [{"role": "user", "content": "And now?"}]}
+    )
+    assert r.status_code == 200, r.text
+    list(page_turn(server, "And now?", messages, 0.7, 0.95, 5))  # the chat page's history, as Gradio sends it
+    api_prompt, page_prompt = server.model.prompts
+    expected = format_conversation(
+        "And now?", roomy.prompt_template, [(q, answer) for q, _, answer in history]
+    )
+    assert api_prompt == page_prompt == expected
+    banners = [EMERGENCY_BANNER.split("{")[0].strip(), URGENT_BANNER.split("{")[0].strip()]
+    for text in SAFETY_TEXTS + banners + [CURSOR, WITHDRAWN_SENTENCE, "no answer was generated"]:
+        assert text not in api_prompt, text
+
+
+@pytest.mark.parametrize(
+    "kind, shown",
+    [
+        ("plain", None),
+        ("non-English", None),
+        ("urgent", "urgent"),
+        ("emergency", "emergency"),
+        ("crisis", "emergency"),
+        ("crisis+emergency", "emergency"),
+        ("emergency, rewritten", "emergency"),
+    ],
+)
+def test_page_ends_on_reply_text_and_shows_urgent_apart_from_emergency(kind_server, kind, shown):
+    from medbot_web import page_turn
+
+    client, server, streams = kind_server(kind)
+    config = client.get("/config").json()
+    ids = [c.get("props", {}).get("elem_id") for c in config["components"]]
+    assert "emergency-banner" in ids and "urgent-banner" in ids  # two elements, styled apart
+    assert "#urgent-banner" in config["css"] and "#emergency-banner" in config["css"]
+    updates = list(page_turn(server, "I have a sore throat.", [], 0.7, 0.95, MAX_TOKENS))
+    assert all(text.endswith(CURSOR) for text, _, _ in updates[:-1])  # streaming...
+    assert updates[-1][0] == streams[-1].reply.text  # ...and the final message is Reply.text
+    for _, emergency, urgent in updates:
+        assert emergency["visible"] == (shown == "emergency") and urgent["visible"] == (shown == "urgent")
+        if shown:
+            update = emergency if shown == "emergency" else urgent
+            assert update["value"] == banner(VERDICTS[REPLY_KINDS[kind][1]])
+            assert update["value"].startswith("🚨" if shown == "emergency" else "⚠️")
+
+
+def test_urgent_verdicts_come_first_and_reach_the_api(kind_server):
+    """An urgent verdict (made by hand until the learned triage lands) is advice, not an emergency."""
+    client, _, _ = kind_server("urgent")
+    r = client.post("/v1/chat/completions", json=chat_body(max_tokens=20)).json()
+    assert r["choices"][0]["message"]["content"].startswith(VERDICTS["urgent"].advice)
+    assert r["medbot"]["emergency"] is False and r["medbot"]["level"] == "urgent"
+    assert r["medbot"]["flags"][0] == "urgent.test"

