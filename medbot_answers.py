@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import functools
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "safety_rules.toml"
 RULES: dict[str, Any] = tomllib.loads(RULES_PATH.read_text(encoding="utf-8"))
@@ -57,7 +56,9 @@ REASON_TEXT: dict[str, str] = {code: spec["reason"] for code, spec in ANSWERS["r
 NEGATION, NEGATION_IDIOMS, CLAUSE_BREAK, CONDITION = (
     _rx(k) for k in ("negation", "negation_idioms", "clause_break", "condition_before")
 )
-STOP_ACTIONS, DOSE_ACTIONS, PRESCRIBER_CUE = (_rx(k) for k in ("stop_actions", "dose_actions", "prescriber_cue"))
+STOP_ACTIONS, DOSE_ACTIONS, PRESCRIBER_CUE = (
+    _rx(k) for k in ("stop_actions", "dose_actions", "prescriber_cue")
+)
 GERUND_ADVICE, GERUND_REASSURANCE = _rx("gerund_advice"), _rx("gerund_reassurance")
 MEDICINE_WORDS = re.compile(rf"\b(?:{ANSWERS['medicine_words']})\b")
 OVER_THE_COUNTER = re.compile(rf"\b(?:{ANSWERS['over_the_counter']})\b")
@@ -97,7 +98,11 @@ def _sentences(text: str) -> list[str]:
     text = text.replace("( ", "(").replace(" )", ")")
     # normalisation's spelling fixer turns "should" into "shoulder" (a red-flag word); a shoulder
     # does not follow a subject, so put the modal back there: "your clinic should change the dose"
-    text = re.sub(r"\b(i|you|we|they|he|she|it|this|that|which|who|one|clinic|team|doctor|gp|nurse|pharmacist|prescriber) shoulder\b", r"\1 should", text)
+    text = re.sub(
+        r"\b(i|you|we|they|he|she|it|this|that|which|who|one|clinic|team|doctor|gp|nurse|pharmacist|prescriber) shoulder\b",
+        r"\1 should",
+        text,
+    )
     parts = re.split(r"(?<=[.!?;])(?<!\bdr\.)(?<!\bmr\.)(?<!\bms\.)(?<!\bmrs\.)\s+|\n+", text)
     return [s.strip() for s in parts if s.strip()]
 
@@ -126,7 +131,7 @@ def _negated(sentence: str, start: int, span: str = "") -> bool:
 
 
 def _conditional(sentence: str, start: int) -> bool:
-    """"If you miss a dose ...": a condition, not advice."""
+    """ "If you miss a dose ...": a condition, not advice."""
     return bool(CONDITION.search(sentence[:start]))
 
 
@@ -137,7 +142,9 @@ def _generic_names(sentence: str) -> str:
     spans = list(re.finditer(r"[a-z][a-z0-9-]+", sentence))
     for drug, start, end in reversed(_find_drugs(tuple(m.group(0) for m in spans))):
         generic = drug.lower()
-        if CONTROLLED.search(generic) and not CONTROLLED.search(sentence[spans[start].start() : spans[end - 1].end()]):
+        if CONTROLLED.search(generic) and not CONTROLLED.search(
+            sentence[spans[start].start() : spans[end - 1].end()]
+        ):
             sentence = sentence[: spans[start].start()] + generic + sentence[spans[end - 1].end() :]
     return sentence
 
@@ -179,7 +186,8 @@ def _advice(sentence: str, action: re.Match[str]) -> bool:
         return False
     if action.group(0).split()[0].endswith("ing"):
         return bool(
-            GERUND_ADVICE.search(sentence[: action.start()]) or GERUND_REASSURANCE.search(sentence[action.end() :])
+            GERUND_ADVICE.search(sentence[: action.start()])
+            or GERUND_REASSURANCE.search(sentence[action.end() :])
         )
     return True
 
@@ -219,7 +227,7 @@ _NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "once": 1, "half": 0.5, "twice": 2, 
                  "fifteen": 15, "twenty": 20}  # fmt: skip
 _N = r"\d+(?:\.\d+)?|" + "|".join(_NUMBER_WORDS)
 _TABLETS = r"tablets?|caplets?|capsules?|pills?|gel ?caps?|softgels?"
-# "500 mg", "200-400 mg" (the upper end), "1200 mg"; "co-codamol 30/500": the paracetamol in each tablet.
+# "500 mg", "200-400 mg" (n the upper end, low the lower); "co-codamol 30/500": the paracetamol in each tablet.
 # Not a concentration ("160 mg/5 ml").
 _AMOUNT = re.compile(
     rf"(?:\b(?P<low>\d+(?:\.\d+)?) ?(?:to|-|or) ?)?\b(?P<n>\d+(?:\.\d+)?) ?(?P<unit>{_UNIT})\b(?!/)|\b\d+/(?P<per>\d+)\b(?!/| ?ml)"
@@ -233,7 +241,9 @@ _FREQ = re.compile(
     r"|\b(?P<times2>\d+|three|four|five|six|eight|ten) times (?:daily|in (?:a|one|24 hours?|twenty-four hours))\b"
     r"|(?P<daily>\ba day|per day|daily|each day|every (?:single )?day|a night)"
 )
-_DOSE_NAMES = re.compile(r"\b(" + "|".join(re.escape(d) for d in sorted(MAX_DAILY_MG, key=len, reverse=True)) + r")\b")
+_DOSE_NAMES = re.compile(
+    r"\b(" + "|".join(re.escape(d) for d in sorted(MAX_DAILY_MG, key=len, reverse=True)) + r")\b"
+)
 LIMIT_BEFORE, LIMIT_AFTER, CONSEQUENCE, CHILD, ADVISED_CAP = (
     _rx(k) for k in ("limit_before", "limit_after", "consequence", "child", "advised_cap")
 )
@@ -247,20 +257,20 @@ class _Amount:
     value: float
     start: int
     end: int
+    low: float  # the low end of a range ("1 or 2 tablets", "200-400 mg"), else the value
     paren: bool = False  # "(1200 mg)" after a count restates it
-    low: float = 0.0  # the low end of a range ("1 or 2 tablets", "200-400 mg"), else the value
-
-    def __post_init__(self) -> None:
-        self.low = self.low or self.value
 
 
 def _dose_flags(sentences: list[str]) -> list[Flag]:
+    """Doses above a maximum: of a drug of [doses], of tablets not named, of a child's liquid medicine."""
     for sentence in sentences:
-        over = _named_dose_over(sentence) or (
-            _unnamed_dose_over(sentence) and "tablets" or _child_liquid_over(sentence) and "child's liquid dose"
-        )
-        if over:
-            return [Flag("answer.dose_over_max", f"{over}: {sentence[:120]}")]
+        what = _named_dose_over(sentence)
+        if not what and _unnamed_dose_over(sentence):
+            what = "tablets"
+        if not what and _child_liquid_over(sentence):
+            what = "child's liquid dose"
+        if what:
+            return [Flag("answer.dose_over_max", f"{what}: {sentence[:120]}")]
     return []
 
 
@@ -309,12 +319,17 @@ def _over(sentence: str, part: tuple[int, int], surface: str, limits: list[float
     # such as "1 or 2 tablets every 4 to 6 hours" is a label's wording, its low end is the usual dose
     doses: list[tuple[float, float, int]] = []
     if count:
-        strength = next((a for a in amounts if count.start <= a.start <= count.end + 40 and a.value <= 2.5 * tablet), None)
+        strength = next(
+            (a for a in amounts if count.start <= a.start <= count.end + 40 and a.value <= 2.5 * tablet), None
+        )
         each = strength.value if strength else tablet
         doses.append((count.value * each, count.low * each, count.end))
         amounts = [a for a in amounts if a is not strength]
     for a in amounts:  # a further amount adds to the first only when said to ("plus an extra 800 mg")
-        if not doses or re.search(r"\b(plus|extra|another|additional|more|on top|then|followed by)\b", sentence[a.start - 20 : a.start]):
+        if not doses or re.search(
+            r"\b(plus|extra|another|additional|more|on top|then|followed by)\b",
+            sentence[a.start - 20 : a.start],
+        ):
             doses.append((a.value, a.low, a.end))
     if _advised_cap_over(sentence, part, surface, tablet, daily_max):
         return True
@@ -325,20 +340,26 @@ def _over(sentence: str, part: tuple[int, int], surface: str, limits: list[float
     return max(mg for mg, _, _ in doses) > single_max or (daily > daily_max and not capped)
 
 
-def _advised_cap_over(sentence: str, part: tuple[int, int], surface: str, tablet: float, daily_max: float) -> bool:
+def _advised_cap_over(
+    sentence: str, part: tuple[int, int], surface: str, tablet: float, daily_max: float
+) -> bool:
     """A cap said as the most to take that is itself above the daily maximum: "up to 10 of the 500 mg tablets a day"."""
     for m in ADVISED_CAP.finditer(sentence, *part):
         start = m.end() + 1
         count = _count(sentence, (start, part[1]), re.escape(surface) + "|" + _TABLETS, caps=True)
         amounts = _amounts(sentence, (start, part[1]), caps=True)
         if count and count.start == start:
-            strength = next((a for a in amounts if a.start <= count.end + 40 and not a.paren and a.value <= 2.5 * tablet), None)
+            strength = next(
+                (a for a in amounts if a.start <= count.end + 40 and not a.paren and a.value <= 2.5 * tablet),
+                None,
+            )
             cap = count.value * (strength.value if strength else tablet)
         elif amounts and amounts[0].start == start:
             cap = amounts[0].value
         else:
             continue
-        if cap * (_per_day(sentence, start, start + 60) if re.match(r"[^,;]{0,40}\btimes\b", sentence[start:]) else 1) > daily_max:
+        times = re.match(r"[^,;]{0,40}\btimes\b", sentence[start:])  # "up to 2 tablets 4 times a day"
+        if cap * ((times and _per_day(sentence, start, start + 60)) or 1) > daily_max:
             return True
     return False
 
@@ -353,7 +374,7 @@ def _count(sentence: str, span: tuple[int, int], things: str, caps: bool = False
     )
     for m in re.compile(pattern).finditer(sentence, *span):
         if caps or not _cap_or_consequence(sentence, m.start(), m.end()):
-            return _Amount(_number(m.group("n")), m.start(), m.end(), low=_number(m.group("low") or m.group("n")))
+            return _Amount(_number(m.group("n")), m.start(), m.end(), _number(m.group("low") or m.group("n")))
     return None
 
 
@@ -362,7 +383,9 @@ def _amounts(sentence: str, span: tuple[int, int], caps: bool = False) -> list[_
     found = []
     matches = list(_AMOUNT.finditer(sentence, *span))
     for i, m in enumerate(matches):
-        if i + 1 < len(matches) and re.fullmatch(r" ?(to|-|or) ?", sentence[m.end() : matches[i + 1].start()]):
+        if i + 1 < len(matches) and re.fullmatch(
+            r" ?(to|-|or) ?", sentence[m.end() : matches[i + 1].start()]
+        ):
             continue  # "500 mg to 1000 mg": the upper end is read next
         if not caps and _cap_or_consequence(sentence, m.start(), m.end()):
             continue
@@ -370,14 +393,18 @@ def _amounts(sentence: str, span: tuple[int, int], caps: bool = False) -> list[_
             mg = low = float(m.group("per"))
         else:
             mg, low = (_to_mg(float(m.group(g) or m.group("n")), m.group("unit")) for g in ("n", "low"))
-        found.append(_Amount(mg, m.start(), m.end(), paren=sentence[max(0, m.start() - 1) : m.start()] == "(", low=low))
+        found.append(
+            _Amount(mg, m.start(), m.end(), low, paren=sentence[max(0, m.start() - 1) : m.start()] == "(")
+        )
     return found
 
 
 def _cap_or_consequence(sentence: str, start: int, end: int) -> bool:
-    """"no more than 8 tablets (4 g)", "the 4000 iu a day upper limit", "would give you 2 g"."""
+    """ "no more than 8 tablets (4 g)", "the 4000 iu a day upper limit", "would give you 2 g"."""
     before = sentence[max(0, start - 45) : start]
-    return bool(LIMIT_BEFORE.search(before) or LIMIT_AFTER.search(sentence[end:]) or CONSEQUENCE.search(before))
+    return bool(
+        LIMIT_BEFORE.search(before) or LIMIT_AFTER.search(sentence[end:]) or CONSEQUENCE.search(before)
+    )
 
 
 def _stated_cap(sentence: str) -> bool:
@@ -428,27 +455,30 @@ def _to_mg(amount: float, unit: str) -> float:
 
 
 def _per_day(sentence: str, start: int = 0, end: int | None = None) -> float | None:
-    """Doses a day from the first frequency in sentence[start:end] that is not a stated cap:
-    "every 6 hours" 4, "twice a day" 2 ("no more than 4 times a day" is a cap)."""
+    """Doses a day from the first frequency in sentence[start:end]: "every 6 hours" 4, "twice a day" 2."""
     m = _frequency(sentence, start, end)
     if not m:
         return None
-    hours = m.group("hours") or m.group("again") or (m.group("hourly") and "1")
+    hours = _hours(m)
     if hours:
-        return 24 / max(float(hours), 0.5)
+        return 24 / max(hours, 0.5)
     times = m.group("times") or m.group("times2")
-    if times:
-        return float(times) if times.isdigit() else float(_NUMBER_WORDS[times])
-    return 1.0
+    return _number(times) if times else 1.0
 
 
 def _interval_hours(sentence: str) -> float | None:
-    m = _frequency(sentence, 0, None)
-    hours = m and (m.group("hours") or m.group("again") or (m.group("hourly") and "1"))
+    """Hours between doses ("every 2 hours", "again in 3 hours", "hourly"), if the sentence says."""
+    m = _frequency(sentence)
+    return _hours(m) if m else None
+
+
+def _hours(m: re.Match[str]) -> float | None:
+    hours = m.group("hours") or m.group("again") or (m.group("hourly") and "1")
     return float(hours) if hours else None
 
 
-def _frequency(sentence: str, start: int, end: int | None) -> re.Match[str] | None:
+def _frequency(sentence: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:
+    """The first frequency in sentence[start:end] that is not a stated cap ("no more than 4 times a day")."""
     for m in _FREQ.finditer(sentence, start, len(sentence) if end is None else end):
         if not LIMIT_BEFORE.search(sentence[max(0, m.start() - 25) : m.start()]):
             return m
@@ -468,4 +498,6 @@ STREAM_HOLD = re.compile(
 def hold_sentence(text: str) -> bool:
     """True if a sentence still being generated (normalised) must wait until it is complete and checked.
     Whatever the check would flag is held too, so the hold words and the rules cannot drift apart."""
-    return bool(STREAM_HOLD.search(text)) or _medicine_in(text, otc=True) is not None or bool(answer_flags(text))
+    return (
+        bool(STREAM_HOLD.search(text)) or _medicine_in(text, otc=True) is not None or bool(answer_flags(text))
+    )

@@ -251,11 +251,12 @@ def generate_kwargs(
     )
 
 
-def answer_check(answer: str, verdict: Triage) -> AnswerCheck:
+def answer_check(answer: str, verdict: Triage, *, final: bool = True) -> AnswerCheck:
     """The one place the safety layer's answer check is called (final answers in `finish`, the text
-    released while streaming), with the message's triage: an emergency or urgent message whose
-    answer sends the person nowhere is rewritten (dismissal)."""
-    return check_answer(answer, verdict=verdict)
+    released while streaming). A final answer is checked with the message's triage, so an
+    emergency or urgent message whose answer sends the person nowhere is rewritten (dismissal);
+    a partial one is not (its referral may still be coming)."""
+    return check_answer(answer, verdict=verdict) if final else check_answer(answer)
 
 
 def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str) -> Reply:
@@ -456,7 +457,7 @@ def _pieces(
             # shown stays a prefix of it and the last piece completes it without a stray newline
             ready = _releasable(visible, cfg.stop_sequences).rstrip()
             if len(ready) > len(shown):
-                if not answer_check(ready, stream.triage).safe:
+                if not answer_check(ready, stream.triage, final=False).safe:
                     stream._stop.set()  # stop generating: the final check below rewrites it
                     stream.finish_reason = "safety"
                     break

@@ -37,12 +37,11 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from medbot_answers import REASON_TEXT, Flag, answer_flags, referral_in
 from medbot_answers import hold_sentence as _hold
@@ -142,7 +141,9 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
             r = results[i]
             r.probs = verdict.probs
             if verdict.level != "routine":
-                near = "; ".join(f"{fam} ({sim:.2f}): {text[:80]!r}" for fam, text, sim in verdict.nearest[:MODEL_EVIDENCE])
+                near = "; ".join(
+                    f"{fam} ({sim:.2f}): {text[:80]!r}" for fam, text, sim in verdict.nearest[:MODEL_EVIDENCE]
+                )
                 r.flags.append(Flag(f"model.{verdict.level}",
                                     f"p={verdict.probs[verdict.level]:.2f}; nearest: {near}"))  # fmt: skip
                 _raise_level(r, verdict.level)
@@ -297,12 +298,19 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
     flags = answer_flags(text)
     if question is not None or verdict is not None:
         verdict = verdict or triage(question or "")
-        if verdict.level != "routine" and not verdict.non_english and not referral_in(text):
+        if _dismissive(text, verdict):
             flags.append(Flag("answer.dismissal", f"{verdict.level} message; no referral in the answer"))
     if not flags:
         return AnswerCheck(answer, [])
     reasons = "; ".join(dict.fromkeys(REASON_TEXT[f.code] for f in flags))
     return AnswerCheck(ANSWER_REWRITE.format(reasons=reasons), flags)
+
+
+def _dismissive(text: str, verdict: Triage) -> bool:
+    """An answer that sends an emergency nowhere, or tells an urgent case that care can wait."""
+    if verdict.non_english or verdict.level == "routine" or referral_in(text):
+        return False
+    return verdict.emergency or bool(re.search(RULES["dismissal"]["reassurance"], text))
 
 
 def hold_sentence(partial: str) -> bool:

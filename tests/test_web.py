@@ -91,7 +91,7 @@ def test_stream_releases_only_checked_sentences(tokenizer, tiny_chat):
     assert "6000" not in shown  # the unsafe sentence never reaches the surface
     assert WITHDRAWN in shown and stream.reply.answer in shown  # withdrawn, replaced by the safe text
     assert stream.finish_reason == "safety"
-    assert [f.code for f in stream.reply.flags] == ["answer.dose_over_max"]
+    assert [f.code for f in stream.reply.check.flags] == ["answer.dose_over_max"]
     assert model.emitted < len(model.ids)  # generation was stopped, not run to the end
 
 
@@ -536,7 +536,7 @@ def test_history_sent_back_puts_no_safety_text_into_the_prompt(kind_server, toke
     client, _, _ = kind_server("emergency, rewritten", roomy)
     streamed, _ = sse_text(client, chat_body("I have crushing chest pain.", max_tokens=400))
     assert streamed.startswith(EMERGENCY_ADVICE) and WITHDRAWN in streamed and WITHDRAWN_SENTENCE in streamed
-    rewrite = check_answer(UNSAFE_STREAM).text
+    rewrite = check_answer(UNSAFE_STREAM, verdict=VERDICTS["emergency"]).text  # as the final check read it
     history = [
         ("I have crushing chest pain.", streamed, rewrite),
         ("Tengo fiebre y tos.", Reply("", triage=VERDICTS["non-English"]).text, ""),
