@@ -247,7 +247,9 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 60) ->
         for i in range(0, len(xt), 128):
             idx = order[i : i + 128]
             # label smoothing keeps the head from certainty on short, vague messages it never saw
-            loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], weight=class_weight, label_smoothing=0.1)
+            loss = torch.nn.functional.cross_entropy(
+                net(xt[idx]), yt[idx], weight=class_weight, label_smoothing=0.1
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
