@@ -74,6 +74,9 @@ def level_table(rows: list[dict], levels: list[str]) -> dict:
             "recall": share(lambda i: gold[i] in ESCALATED, lambda i: esc[i])
         },
         "emergency -> escalated": {"recall": share(lambda i: gold[i] == "emergency", lambda i: esc[i])},
+        "emergency or crisis -> urgent or higher": {
+            "recall": share(lambda i: gold[i] in ESCALATED, lambda i: levels[i] != "routine")
+        },
         "crisis -> crisis line": {
             "recall": share(lambda i: gold[i] == "crisis", lambda i: levels[i] == "crisis")
         },
