@@ -46,6 +46,7 @@ from medbot_safety import (
     Triage,
     check_answer,
     hold_sentence,
+    reassures,
     triage,
 )
 from medbot_utils import format_conversation, format_prompt
@@ -256,15 +257,31 @@ def answer_check(answer: str, verdict: Triage, *, final: bool = True) -> AnswerC
     released while streaming). A final answer is checked with the message's triage, so an
     emergency or urgent message whose answer sends the person nowhere is rewritten (dismissal);
     a partial one is not (its referral may still be coming)."""
-    return check_answer(answer, verdict=verdict) if final else check_answer(answer)
+    if final or reassures(answer, verdict):  # reassurance to an emergency stops a stream at once
+        return check_answer(answer, verdict=verdict)
+    return check_answer(answer)
 
 
-def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str) -> Reply:
-    """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer."""
+def finish(
+    tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str, shown: str = ""
+) -> Reply:
+    """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer.
+    `shown`: what a stream already showed (checked); the answer never ends before it."""
     raw = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_sequences).strip()
+    dropped = drop_unfinished_sentence(raw)
+    raw = dropped if len(dropped) >= len(shown.strip()) else shown.strip()
     check = answer_check(raw, verdict)  # after generation: unsafe advice is replaced, with its reason codes
     n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
     return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
+
+
+def drop_unfinished_sentence(answer: str) -> str:
+    """Leave out a last sentence cut off mid-way (by the token limit) if it touches what the answer
+    check reads: "Take 6000 mg of par" hides the drug the dose rule needs, so it is never shown."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(answer + " ") if not _abbreviation(answer[: m.end()])]
+    complete = answer[: ends[-1]].rstrip() if ends else ""
+    tail = answer[len(complete) :].strip()
+    return complete if tail and hold_sentence(tail) else answer
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -473,7 +490,7 @@ def _pieces(
     if "error" in out:
         raise out["error"]
     new = out["ids"][0, enc["input_ids"].shape[1] :]
-    reply = finish(tokenizer, cfg, new, stream.triage, query)
+    reply = finish(tokenizer, cfg, new, stream.triage, query, shown)
     stream.reply = reply
     if stream.finish_reason == "stop":
         if max_time and time.monotonic() - started >= max_time:

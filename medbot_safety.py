@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbot_answers import REASON_TEXT, Flag, answer_flags, referral_in
+from medbot_answers import ANSWERS, REASON_TEXT, Flag, answer_flags
 from medbot_answers import hold_sentence as _hold
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "safety_rules.toml"
@@ -54,6 +54,7 @@ URGENT_ADVICE: str = RULES["advice"]["urgent"]
 CRISIS_ADVICE: str = RULES["advice"]["crisis"]
 NON_ENGLISH: str = RULES["advice"]["non_english"]
 ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
+ANSWERS_REFERRAL: str = ANSWERS["referral"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
@@ -63,6 +64,7 @@ NEGATIONS, RESOLVED, INFO_CUES = (RULES["context"][k] for k in ("negations", "re
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
 ENGLISH_FLOOR = 0.02
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
+MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 
 # ----------------------------------------------------------------------------- results
 
@@ -132,8 +134,16 @@ def triage(message: str, *, model: bool = True) -> Triage:
 
 def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
     """`triage` for several messages, the model reading them in one batch."""
+    bad = next((m for m in messages if not isinstance(m, str)), None)
+    if bad is not None:
+        raise TypeError(f"a message must be a string, not {type(bad).__name__}")
     results = [_triage_rules(m) for m in messages]
-    todo = [i for i, r in enumerate(results) if not r.non_english and messages[i] and messages[i].strip()]
+    # the model reads messages with something to read: "hi", "thanks", "???" are left to the rules
+    todo = [
+        i
+        for i, r in enumerate(results)
+        if not r.non_english and len(re.findall(r"[^\W\d_]{2,}", messages[i])) >= MODEL_MIN_WORDS
+    ]
     if model and todo:
         from medbot_triage import load_model  # torch + the embedder: loaded on first use
 
@@ -308,9 +318,21 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
 
 def _dismissive(text: str, verdict: Triage) -> bool:
     """An answer that sends an emergency nowhere, or tells an urgent case that care can wait."""
-    if verdict.non_english or verdict.level == "routine" or referral_in(text):
+    if verdict.non_english or verdict.level == "routine":
         return False
-    return verdict.emergency or bool(re.search(RULES["dismissal"]["reassurance"], text))
+    referred = any(not re.search(RULES["dismissal"]["refused"], text[max(0, m.start() - 40) : m.start()])
+                   for m in re.finditer(ANSWERS_REFERRAL, text))  # fmt: skip
+    reassured = bool(re.search(RULES["dismissal"]["reassurance"], text))
+    return not referred and (verdict.emergency or reassured)
+
+
+def reassures(answer: str, verdict: Triage) -> bool:
+    """While streaming: does text so far tell a non-routine case that care can wait? (stop it there)"""
+    return (
+        verdict.level != "routine"
+        and _dismissive(normalize(answer), verdict)
+        and bool(re.search(RULES["dismissal"]["reassurance"], normalize(answer)))
+    )
 
 
 def hold_sentence(partial: str) -> bool:

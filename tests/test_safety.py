@@ -341,3 +341,15 @@ def test_respond_rewrites_a_dismissive_answer_to_an_emergency(scripted):
     assert "answer.dismissal" in {f.code for f in reply.flags}
     safe = respond(script("Call 999 now or go to the emergency department."), tok, cfg, query)
     assert "answer.dismissal" not in {f.code for f in safe.flags}
+
+
+def test_a_sentence_cut_by_the_token_limit_is_not_shown_unchecked(scripted):
+    script, tok, cfg, _ = scripted
+    reply = respond(
+        script("Rest well tonight. Take 6000 mg of par"), tok, cfg, "What should I eat to lower cholesterol?"
+    )
+    assert reply.answer == "Rest well tonight." and "6000" not in reply.text
+    reply = respond(
+        script("Rest well tonight and drink water"), tok, cfg, "What should I eat to lower cholesterol?"
+    )
+    assert reply.answer == "Rest well tonight and drink water"  # an unfinished harmless sentence stays
