@@ -267,10 +267,17 @@ def finish(
 ) -> Reply:
     """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer.
     `shown`: what a stream already showed (checked); the answer never ends before it."""
-    raw = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), cfg.stop_sequences).strip()
-    dropped = drop_unfinished_sentence(raw)
-    raw = dropped if len(dropped) >= len(shown.strip()) else shown.strip()
-    check = answer_check(raw, verdict)  # after generation: unsafe advice is replaced, with its reason codes
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    raw = cut_at_stop(text, cfg.stop_sequences).strip()
+    answer = raw
+    if (
+        len(raw) == len(text.strip()) and tokenizer.eos_token_id not in new.tolist()
+    ):  # cut by the length limit
+        dropped = drop_unfinished_sentence(raw)
+        answer = dropped if len(dropped) >= len(shown.strip()) else shown.strip()
+    check = answer_check(
+        answer, verdict
+    )  # after generation: unsafe advice is replaced, with its reason codes
     n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
     return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
 

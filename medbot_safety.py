@@ -95,8 +95,12 @@ class Triage:
     def advice(self) -> str | None:
         """Text every surface shows first: crisis line, emergency number, same-day care, or the fallback."""
         if self.crisis:
-            physical = any(RULE_LEVEL.get(f.code.split(".", 1)[1]) == "emergency" for f in self.flags
-                           if f.code.startswith("emergency."))  # fmt: skip
+            # a physical emergency beside the crisis (an overdose taken, a wound gushing): both texts
+            physical = any(
+                f.code == "model.emergency"
+                or RULE_LEVEL.get(f.code.removeprefix("emergency.")) == "emergency"
+                for f in self.flags
+            )
             return CRISIS_ADVICE + ("\n\n" + EMERGENCY_ADVICE if physical else "")
         if self.emergency:
             return EMERGENCY_ADVICE

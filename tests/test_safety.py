@@ -353,3 +353,13 @@ def test_a_sentence_cut_by_the_token_limit_is_not_shown_unchecked(scripted):
         script("Rest well tonight and drink water"), tok, cfg, "What should I eat to lower cholesterol?"
     )
     assert reply.answer == "Rest well tonight and drink water"  # an unfinished harmless sentence stays
+
+
+def test_crisis_with_a_physical_emergency_from_either_reader_gets_both_texts():
+    rule_crisis_model_emergency = Triage(
+        emergency=True, crisis=True,
+        flags=[Flag("emergency.self_harm", "want to die"), Flag("model.emergency", "p=0.90")],
+    )  # fmt: skip
+    assert rule_crisis_model_emergency.advice == CRISIS_ADVICE + "\n\n" + EMERGENCY_ADVICE
+    crisis_only = Triage(emergency=True, crisis=True, flags=[Flag("emergency.self_harm", "want to die")])
+    assert crisis_only.advice == CRISIS_ADVICE
