@@ -39,6 +39,7 @@ from medbot_config import MedbotConfig
 from medbot_safety import (
     CRISIS_ADVICE,
     EMERGENCY_ADVICE,
+    LEVELS,
     NON_ENGLISH,
     URGENT_ADVICE,
     AnswerCheck,
@@ -48,6 +49,7 @@ from medbot_safety import (
     hold_sentence,
     reassures,
     triage,
+    triage_many,
 )
 from medbot_utils import format_conversation, format_prompt
 
@@ -396,7 +398,7 @@ def respond_stream(
     """
     if not query or not query.strip():
         raise ValueError("the patient query is empty")
-    stream = ReplyStream(triage=triage(query))
+    stream = ReplyStream(triage=conversation_triage(query, [patient for patient, _ in history or []]))
     if stream.triage.non_english:
         stream.reply = Reply(answer="", triage=stream.triage)
         return stream
@@ -412,6 +414,22 @@ def respond_stream(
     kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
     stream._pieces = _pieces(stream, query, model, tokenizer, cfg, enc, kwargs, seed, max_time)
     return stream
+
+
+EARLIER_TURNS = 3  # earlier patient messages whose emergency still stands for a follow-up
+
+
+def conversation_triage(query: str, earlier: list[str]) -> Triage:
+    """Triage of the newest message, raised to an emergency or crisis in the last few patient
+    messages: "is it ok to sleep it off?" after "I swallowed 30 paracetamol" is still an overdose."""
+    verdict = triage(query)
+    if verdict.non_english or not earlier:
+        return verdict
+    for past in triage_many(earlier[-EARLIER_TURNS:]):
+        if past.emergency and LEVELS.index(past.level) > LEVELS.index(verdict.level):
+            verdict.crisis, verdict.emergency, verdict.urgent = past.crisis, True, False
+            verdict.flags += [Flag(f.code, "earlier message: " + f.evidence) for f in past.flags]
+    return verdict
 
 
 _ABBREVIATIONS = {

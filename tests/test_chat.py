@@ -26,6 +26,7 @@ from medbot_safety import (
     Flag,
     Triage,
     check_answer,
+    triage,
 )
 
 # One verdict of each kind, made by hand: the tests do not depend on what triage reads in a message.
@@ -194,3 +195,22 @@ def test_respond_batch_keeps_order_and_applies_the_layer_per_query(tiny_chat):
     assert replies[1].triage.non_english and replies[1].new_tokens == 0
     assert "emergency.breathing" in {f.code for f in replies[2].flags}
     assert replies[2].text.startswith("This may be a medical emergency")
+
+
+def test_an_emergency_earlier_in_the_conversation_still_stands(tiny_chat):
+    from medbot_chat import respond_stream
+
+    model, tok, cfg = tiny_chat
+    overdose = [("I swallowed 30 paracetamol tablets an hour ago.", "Please call your emergency number now.")]
+    follow_up = "thanks, is there anything else I should know?"  # routine on its own
+    assert triage(follow_up).level == "routine"
+    stream = respond_stream(model, tok, cfg, follow_up, history=overdose, max_new_tokens=5)
+    list(stream)
+    assert stream.triage.emergency and stream.reply.text.startswith(stream.triage.advice)
+    assert any(f.evidence.startswith("earlier message: ") for f in stream.triage.flags)
+    calm = [("What vitamins are good for hair growth?", "Biotin and iron matter most.")]
+    stream = respond_stream(
+        model, tok, cfg, "How long does a cold usually last?", history=calm, max_new_tokens=5
+    )
+    list(stream)
+    assert stream.triage.level == "routine" and not stream.triage.flags
