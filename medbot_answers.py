@@ -86,8 +86,11 @@ def answer_flags(text: str) -> list[Flag]:
 
 
 def referral_in(text: str) -> bool:
-    """Does the answer send the person to urgent or emergency care (or a crisis line)?"""
-    return bool(re.search(ANSWERS["referral"], text))
+    """Does the answer send the person to urgent or emergency care (or a crisis line)? A refused
+    referral ("you don't need to go to the emergency room") is none."""
+    refused = RULES["dismissal"]["refused"]
+    return any(not re.search(refused, text[max(0, m.start() - 40) : m.start()])
+               for m in re.finditer(ANSWERS["referral"], text))  # fmt: skip
 
 
 def _sentences(text: str) -> list[str]:

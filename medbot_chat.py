@@ -216,7 +216,7 @@ def respond_batch(
     out = model.generate(**enc, **kwargs)
     width = enc["input_ids"].shape[1]
     for row, i in enumerate(todo):
-        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i], queries[i])
+        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i])
     return replies
 
 
@@ -264,9 +264,7 @@ def answer_check(answer: str, verdict: Triage, *, final: bool = True) -> AnswerC
     return check_answer(answer)
 
 
-def finish(
-    tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, query: str, shown: str = ""
-) -> Reply:
+def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, shown: str = "") -> Reply:
     """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer.
     `shown`: what a stream already showed (checked); the answer never ends before it."""
     text = tokenizer.decode(new, skip_special_tokens=True)
@@ -412,7 +410,7 @@ def respond_stream(
     stream.prompt_turns = len(turns)
     enc = tokenizer([prompt], return_tensors="pt").to(model.device)
     kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
-    stream._pieces = _pieces(stream, query, model, tokenizer, cfg, enc, kwargs, seed, max_time)
+    stream._pieces = _pieces(stream, model, tokenizer, cfg, enc, kwargs, seed, max_time)
     return stream
 
 
@@ -469,7 +467,7 @@ def _releasable(visible: str, stops: list[str]) -> str:
 
 
 def _pieces(
-    stream: ReplyStream, query: str, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
+    stream: ReplyStream, model: Any, tokenizer: Any, cfg: MedbotConfig, enc: Any, kwargs: dict,
     seed: int | None, max_time: float | None,
 ) -> Iterator[str]:  # fmt: skip
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -515,7 +513,7 @@ def _pieces(
     if "error" in out:
         raise out["error"]
     new = out["ids"][0, enc["input_ids"].shape[1] :]
-    reply = finish(tokenizer, cfg, new, stream.triage, query, shown)
+    reply = finish(tokenizer, cfg, new, stream.triage, shown)
     stream.reply = reply
     if stream.finish_reason == "stop":
         if max_time and time.monotonic() - started >= max_time:

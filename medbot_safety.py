@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbot_answers import ANSWERS, REASON_TEXT, Flag, answer_flags
+from medbot_answers import REASON_TEXT, Flag, answer_flags, referral_in
 from medbot_answers import hold_sentence as _hold
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "safety_rules.toml"
@@ -54,7 +54,6 @@ URGENT_ADVICE: str = RULES["advice"]["urgent"]
 CRISIS_ADVICE: str = RULES["advice"]["crisis"]
 NON_ENGLISH: str = RULES["advice"]["non_english"]
 ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
-ANSWERS_REFERRAL: str = ANSWERS["referral"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
@@ -324,10 +323,8 @@ def _dismissive(text: str, verdict: Triage) -> bool:
     """An answer that sends an emergency nowhere, or tells an urgent case that care can wait."""
     if verdict.non_english or verdict.level == "routine":
         return False
-    referred = any(not re.search(RULES["dismissal"]["refused"], text[max(0, m.start() - 40) : m.start()])
-                   for m in re.finditer(ANSWERS_REFERRAL, text))  # fmt: skip
     reassured = bool(re.search(RULES["dismissal"]["reassurance"], text))
-    return not referred and (verdict.emergency or reassured)
+    return not referral_in(text) and (verdict.emergency or reassured)
 
 
 def reassures(answer: str, verdict: Triage) -> bool:
