@@ -10,13 +10,21 @@ which also turns brands into generic names ("oramorph" -> morphine, "nurofen" ->
 
 The checks, sentence by sentence:
 - doses: a drug of [doses] with its tablet count, strength and frequency read next to it, above the
-  single or daily maximum; a dose of an unnamed drug above generic limits ("3 tablets every 2
-  hours"); a child's liquid dose above the largest label dose. Stated caps are not doses.
+  single or daily maximum. Quantities are parsed, not listed: number words ("a couple of", "three"),
+  ranges (the upper end), tablets x strength ("3 of the 400s"), ml x a liquid's strength ("40 ml of
+  the 250 mg/5 ml"), frequencies to a daily total ("every two hours", "x 6 a day", "with each
+  meal", "in the morning and another at night"), a first dose taken once, a stated cap above the
+  maximum ("the most you can take is 80 mg"). For a child (an age under 12, or words such as
+  "your son"), the drug's mg per kg of a weight estimated from the age. A dose of an unnamed drug
+  above generic limits ("3 tablets every 2 hours", 1 g at once, 4 g a day); a child's liquid dose
+  above the largest label dose. Stated caps and amounts in a condition ("if 500 mg does nothing")
+  are not doses. A dose above the maximum of a prescription medicine also changes the prescription.
 - stopping or changing a prescription medicine without the prescriber;
 - regular-expression rules: a certain diagnosis, a controlled (or someone else's) medicine, a
-  claim to be or act as a clinician. A match is not advice when a negation comes before it in
-  its clause, when it is a condition ("if you miss a dose"), or when the rule's `unless` says so.
-Not covered: doses by body weight, children's doses of named tablets, interactions.
+  claim to be or act as a clinician, and dose wording no number shows ("double the dose", "a whole
+  packet"). A match is not advice when a negation comes before it in its clause, when it is a
+  condition ("if you miss a dose"), or when the rule's `unless` says so.
+Not covered: doses by a stated body weight, interactions, a drug named only in the question.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from typing import Any
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "safety_rules.toml"
 RULES: dict[str, Any] = tomllib.loads(RULES_PATH.read_text(encoding="utf-8"))
-MAX_DAILY_MG: dict[str, list[float]] = RULES["doses"]  # drug -> [daily max, single max, usual tablet]
+# drug -> [daily max, single max, usual tablet] (mg), and for some a child's single dose in mg per kg
+MAX_DAILY_MG: dict[str, list[float]] = RULES["doses"]
 ANSWERS: dict[str, Any] = RULES["answers"]
 
 
@@ -76,6 +85,11 @@ def answer_flags(text: str) -> list[Flag]:
     """Unsafe advice in an answer (already normalised: lower case, plain quotes, one space)."""
     sentences = _sentences(text)
     flags = _dose_flags(sentences) + _stop_medication_flags(sentences)
+    changed = _prescription_over(flags)
+    if changed and not any(f.code == "answer.stop_medication" for f in flags):
+        flags.append(
+            Flag("answer.stop_medication", f"{changed} above its maximum: a change to the prescription")
+        )
     for code, patterns in ANSWER_RULES.items():
         if any(f.code == code for f in flags):
             continue
@@ -182,6 +196,14 @@ def _stop_medication_flags(sentences: list[str]) -> list[Flag]:
     return []
 
 
+def _prescription_over(flags: list[Flag]) -> str | None:
+    """The prescription medicine of a dose flag ("sertraline: take 300 mg ..."): a dose above its
+    maximum is a change to the prescription, made without the prescriber."""
+    dose = next((f for f in flags if f.code == "answer.dose_over_max"), None)
+    drug = dose.evidence.split(":")[0] if dose and ":" in dose.evidence else ""
+    return drug if drug in MAX_DAILY_MG and _medicine_in(drug) else None
+
+
 def _advice(sentence: str, action: re.Match[str]) -> bool:
     """Is the action advised, not negated ("don't stop"), a condition ("if you miss a dose") or a
     description ("missing doses can make your heart race": a gerund without an advice frame)?"""
@@ -202,7 +224,10 @@ def _object_medicine(sentence: str, action: re.Match[str], previous: str) -> str
     clause_end = CLAUSE_BREAK.search(rest)
     after = " ".join(rest[: clause_end.start() if clause_end else None].split()[:5])
     medicine = _medicine_in(action.group(0) + " " + after, otc=action.group(0).startswith("double"))
-    if medicine or not re.match(r"(taking |using )?(it|them)\b(?! \w+ing\b)", after):
+    pronoun = re.match(r"(taking |using )?(it|them)\b(?! \w+ing\b)", after) or re.search(
+        r" (it|them)\b", action.group(0)
+    )  # "put it in a drawer", "leave them out"
+    if medicine or not pronoun:
         return medicine
     return _medicine_in(sentence) or _medicine_in(previous)
 
@@ -227,30 +252,73 @@ def _medicine_in(text: str, otc: bool = False) -> str | None:
 _UNIT = r"mg|milligrams?|g|grams?|mcg|micrograms?|µg|iu"
 _NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "once": 1, "half": 0.5, "twice": 2, "two": 2, "three": 3, "four": 4,
                  "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
-                 "fifteen": 15, "twenty": 20}  # fmt: skip
-_N = r"\d+(?:\.\d+)?|" + "|".join(_NUMBER_WORDS)
-_TABLETS = r"tablets?|caplets?|capsules?|pills?|gel ?caps?|softgels?"
+                 "fifteen": 15, "sixteen": 16, "eighteen": 18, "twenty": 20, "thirty": 30, "forty": 40,
+                 "a couple": 2, "couple": 2, "a pair": 2, "both": 2, "a few": 3, "few": 3, "several": 3,
+                 "half a dozen": 6, "a dozen": 12, "dozen": 12, "thrice": 3}  # fmt: skip
+# longest first: "a couple" is 2, not "a" (1) followed by "couple"
+_N = r"\d+(?:\.\d+)?|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True))
+_TABLETS = r"tablets?|caplets?|capsules?|pills?|gel ?caps?|softgels?|liqui-?gels?|sachets?"
 # "500 mg", "200-400 mg" (n the upper end, low the lower); "co-codamol 30/500": the paracetamol in each tablet.
-# Not a concentration ("160 mg/5 ml").
+# Not a concentration ("160 mg/5 ml", "12.5 mg per 5 ml").
 _AMOUNT = re.compile(
-    rf"(?:\b(?P<low>\d+(?:\.\d+)?) ?(?:to|-|or) ?)?\b(?P<n>\d+(?:\.\d+)?) ?(?P<unit>{_UNIT})\b(?!/)|\b\d+/(?P<per>\d+)\b(?!/| ?ml)"
+    rf"(?:\b(?P<low>\d+(?:\.\d+)?) ?(?:to|-|or) ?)?\b(?P<n>\d+(?:\.\d+)?) ?(?P<unit>{_UNIT})\b(?!/| ?(?:per|in|in every|in each) \d+(?:\.\d+)? ?ml\b)"
+    r"|\b\d+/(?P<per>\d+)\b(?!/| ?ml)"
 )
-_ML = re.compile(r"(?<![/\d.])(?:\d+(?:\.\d+)? ?(?:to|-|or) ?)?(?P<n>\d+(?:\.\d+)?) ?ml\b")
-# "every 4 to 6 hours" is read as every 6: the gentler reading of a range
+_ML = re.compile(r"(?<![/\d.])(?:(?P<low>\d+(?:\.\d+)?) ?(?:to|-|or) ?)?(?P<n>\d+(?:\.\d+)?) ?ml\b")
+# a liquid's strength: "250 mg/5 ml", "1 mg/ml", "12.5 mg per 5 ml"
+_CONC = re.compile(
+    r"\b(?P<mg>\d+(?:\.\d+)?) ?mg ?(?:/|per|in|in every|in each) ?(?P<ml>\d+(?:\.\d+)?)? ?ml\b"
+)
+# Frequencies. "every 4 to 6 hours" is read as every 6: the gentler reading of a range.
+_HOURS_N = r"\d+(?:\.\d+)?|two|three|four|five|six|eight|twelve|a couple of|couple of|a few|few"
+_TIMES_N = r"\d+|once|twice|thrice|two|three|four|five|six|seven|eight|nine|ten|twelve"
 _FREQ = re.compile(
-    r"every (?:\d+(?:\.\d+)? ?(?:to|-|or) ?)?(?P<hours>\d+(?:\.\d+)?) ?(?:hours?|hrs?|h)\b|(?P<hourly>every hour|hourly)"
-    r"|again in (?P<again>\d+(?:\.\d+)?) ?hours?"
-    r"|\b(?P<times>\d+|once|twice|three|four|five|six|eight|ten)(?: times?)? (?:a|per|each|every) day\b"
-    r"|\b(?P<times2>\d+|three|four|five|six|eight|ten) times (?:daily|in (?:a|one|24 hours?|twenty-four hours))\b"
+    rf"every (?:(?:{_HOURS_N}) ?(?:to|-|or) ?)?(?P<hours>{_HOURS_N}) ?(?:hours?|hrs?|h)\b"
+    r"|(?P<hourly>every (?:single )?hour\b|hourly|every (?:other|second) hour|every half(?:-| an )?hour"
+    r"|every (?P<minutes>\d+) ?(?:minutes|mins)\b)"
+    rf"|(?:again|another(?: \w+)?|a second (?:dose|one)|repeat(?: it)?) (?:in|after) (?P<again>{_HOURS_N}) ?hours?"
+    rf"|\b(?P<times>{_TIMES_N})(?: times?| ?x)? (?:a|per|each|every) day\b"
+    rf"|\b(?P<times2>{_TIMES_N}) (?:times|x) (?:daily|in (?:a|one|24 hours?|twenty-four hours))\b"
+    rf"|\bx ?(?P<times3>{_TIMES_N}) (?:a day|per day|daily)\b"
+    r"|(?P<meals>with (?:each|every|all your|your) meals?|with meals|at (?:each|every) meal|with breakfast, lunch and (?:dinner|tea))"
+    r"|(?P<twice>(?:in the )?morning and (?:another |one |again |a second )?(?:at |in the )?(?:night|evening|bedtime))"
     r"|(?P<daily>\ba day|per day|daily|each day|every (?:single )?day|a night)"
+)
+# a dose said to be taken once before the regular ones: "750 mg first, then 250 mg every 8 hours"
+_FIRST_DOSE = re.compile(
+    r"^,? ?(?:first|at first|to start( with)?|initially|straight away|as a (?:first|loading|starting) dose)\b"
 )
 _DOSE_NAMES = re.compile(
     r"\b(" + "|".join(re.escape(d) for d in sorted(MAX_DAILY_MG, key=len, reverse=True)) + r")\b"
 )
-LIMIT_BEFORE, LIMIT_AFTER, CONSEQUENCE, CHILD, ADVISED_CAP = (
-    _rx(k) for k in ("limit_before", "limit_after", "consequence", "child", "advised_cap")
+(
+    LIMIT_BEFORE,
+    LIMIT_AFTER,
+    CONSEQUENCE,
+    CHILD,
+    ADVISED_CAP,
+    CHILD_NAMED,
+    ADULT_AGE,
+    SINGLE_CUE,
+    NOT_MEDICINE,
+) = (
+    _rx(k)
+    for k in (
+        "limit_before",
+        "limit_after",
+        "consequence",
+        "child",
+        "advised_cap",
+        "child_named",
+        "adult_age",
+        "single_dose_cue",
+        "not_medicine_amounts",
+    )
 )
-UNNAMED, CHILD_ML = ANSWERS["unnamed_tablets"], ANSWERS["child_liquid_ml"]
+UNNAMED, CHILD_ML, OLDER_CHILD = ANSWERS["unnamed_tablets"], ANSWERS["child_liquid_ml"], _rx("older_child")
+CHILD_WEIGHT, CHILD_AGE = ANSWERS["child_weight"], _rx("child_age")
+# strengths said as a plural ("3 of the 400s", "a couple of 500s"): tablets of that many mg
+_PLURAL_STRENGTH = re.compile(r"\b(?!(?:19|20)\d\d\b)(\d{3,4})s\b")
 
 
 @dataclass
@@ -267,6 +335,7 @@ class _Amount:
 def _dose_flags(sentences: list[str]) -> list[Flag]:
     """Doses above a maximum: of a drug of [doses], of tablets not named, of a child's liquid medicine."""
     for sentence in sentences:
+        sentence = _PLURAL_STRENGTH.sub(r"\1 mg tablets", sentence)
         what = _named_dose_over(sentence)
         if not what and _unnamed_dose_over(sentence):
             what = "tablets"
@@ -281,12 +350,36 @@ def _named_dose_over(sentence: str) -> str | None:
     """The drug of [doses] whose dose in the sentence is above its single or daily maximum."""
     mentions = _drug_mentions(sentence)
     capped = _stated_cap(sentence)
+    kg = _child_kg(sentence)
     for k, (drug, surface, start) in enumerate(mentions):
         begin = _part_start(sentence, mentions[k - 1][2], start) if k else 0
         end = _part_start(sentence, start, mentions[k + 1][2]) if k + 1 < len(mentions) else len(sentence)
-        if _over(sentence, (begin, end), surface, MAX_DAILY_MG[drug], capped):
+        limits = MAX_DAILY_MG[drug]
+        if kg and len(limits) > 3:  # a child's dose: mg per kg of the child's weight, 4 doses a day
+            single = min(limits[1], limits[3] * kg)
+            limits = [min(limits[0], 4 * single), single, limits[2]]
+        if _over(sentence, (begin, end), surface, limits, capped):
             return drug
     return None
+
+
+def _child_kg(sentence: str) -> float | None:
+    """The weight of the child under 12 the dose is for ("your 7 year old": 28 kg), estimated from
+    its age, or for a child of unknown age; None when the dose is not for a child (or for one of 12+)."""
+    if not CHILD_NAMED.search(sentence) or ADULT_AGE.search(sentence):
+        return None
+    w, age = CHILD_WEIGHT, CHILD_AGE.search(sentence)
+    if not age:
+        return w["unknown"]
+    if (age.group("unit") or "").startswith("m"):
+        return w["per_month"] * float(age.group("n")) + w["infant_base"]
+    years = float(age.group("n") or age.group("aged"))
+    if years < 1:
+        return w["infant_base"]
+    young = years <= 5
+    return (w["per_year_young"] if young else w["per_year_older"]) * years + (
+        w["young_base"] if young else w["older_base"]
+    )
 
 
 def _drug_mentions(sentence: str) -> list[tuple[str, str, int]]:
@@ -312,10 +405,14 @@ def _part_start(sentence: str, previous: int, start: int) -> int:
 
 
 def _over(sentence: str, part: tuple[int, int], surface: str, limits: list[float], capped: bool) -> bool:
-    """Is the dose said in this part of the sentence above the drug's single or daily maximum?"""
-    daily_max, single_max, tablet = limits
-    count = _count(sentence, part, re.escape(surface) + "|" + _TABLETS)
-    amounts = _amounts(sentence, part)
+    """Is the dose said in this part of the sentence above the drug's single or daily maximum?
+    `surface` names the drug (None: a drug not named); a usual tablet of 0 mg: unknown."""
+    daily_max, single_max, tablet = limits[:3]
+    things = (re.escape(surface) + "|" if surface else "") + _TABLETS
+    count = _count(sentence, part, things)
+    if count and _in_condition(sentence, count.start):
+        count = None
+    amounts = all_amounts = [a for a in _amounts(sentence, part) if not _in_condition(sentence, a.start)]
     if count or not all(a.paren for a in amounts):  # "2 caplets (1000 mg)": the brackets restate the dose
         amounts = [a for a in amounts if not a.paren]
     # (mg at one time, mg at one time for the daily total, where the frequency is read from): a range
@@ -323,10 +420,20 @@ def _over(sentence: str, part: tuple[int, int], surface: str, limits: list[float
     doses: list[tuple[float, float, int]] = []
     if count:
         strength = next(
-            (a for a in amounts if count.start <= a.start <= count.end + 40 and a.value <= 2.5 * tablet), None
+            (
+                a
+                for a in amounts
+                if count.start <= a.start <= count.end + 40 and (not tablet or a.value <= 2.5 * tablet)
+            ),
+            None,
         )
-        each = strength.value if strength else tablet
-        doses.append((count.value * each, count.low * each, count.end))
+        # "4 tablets (800 mg)": the brackets give the dose when the tablet's strength is not said
+        restated = next((a for a in all_amounts if a.paren and 0 <= a.start - count.end <= 3), None)
+        if strength or not restated:
+            each = strength.value if strength else tablet
+            doses.append((count.value * each, count.low * each, count.end))
+        else:
+            doses.append((restated.value, restated.low * count.low / count.value, count.end))
         amounts = [a for a in amounts if a is not strength]
     for a in amounts:  # a further amount adds to the first only when said to ("plus an extra 800 mg")
         if not doses or re.search(
@@ -334,26 +441,48 @@ def _over(sentence: str, part: tuple[int, int], surface: str, limits: list[float
             sentence[a.start - 20 : a.start],
         ):
             doses.append((a.value, a.low, a.end))
-    if _advised_cap_over(sentence, part, surface, tablet, daily_max):
+    if _advised_cap_over(sentence, part, surface, tablet, daily_max, single_max):
         return True
     if not doses:
         return False
-    daily = sum(mg * (_per_day(sentence, at, part[1]) or _per_day(sentence, part[1]) or _per_day(sentence, *part) or 1)
-                for _, mg, at in doses)  # fmt: skip
+    daily = sum(mg * _doses_a_day(sentence, at, part) for _, mg, at in doses)
     return max(mg for mg, _, _ in doses) > single_max or (daily > daily_max and not capped)
 
 
+def _in_condition(sentence: str, start: int) -> bool:
+    """Is the amount part of a condition ("if 500 mg does nothing, take ..."), not the dose advised?"""
+    return bool(re.search(r"\b(if|unless|when|whether)\b[^,;:]*$", sentence[:start]))
+
+
+def _doses_a_day(sentence: str, at: int, part: tuple[int, int]) -> float:
+    """How many times a day the dose ending at `at` is taken: once when it is a first dose."""
+    if _FIRST_DOSE.search(sentence[at : at + 25]):
+        return 1
+    return _per_day(sentence, at, part[1]) or _per_day(sentence, part[1]) or _per_day(sentence, *part) or 1
+
+
 def _advised_cap_over(
-    sentence: str, part: tuple[int, int], surface: str, tablet: float, daily_max: float
+    sentence: str,
+    part: tuple[int, int],
+    surface: str | None,
+    tablet: float,
+    daily_max: float,
+    single_max: float,
 ) -> bool:
-    """A cap said as the most to take that is itself above the daily maximum: "up to 10 of the 500 mg tablets a day"."""
+    """A cap said as the most to take that is itself above the maximum: "up to 10 of the 500 mg
+    tablets a day" (5 g), "up to 2 g in one go" (against the single maximum)."""
+    things = (re.escape(surface) + "|" if surface else "") + _TABLETS
     for m in ADVISED_CAP.finditer(sentence, *part):
         start = m.end() + 1
-        count = _count(sentence, (start, part[1]), re.escape(surface) + "|" + _TABLETS, caps=True)
+        count = _count(sentence, (start, part[1]), things, caps=True)
         amounts = _amounts(sentence, (start, part[1]), caps=True)
         if count and count.start == start:
             strength = next(
-                (a for a in amounts if a.start <= count.end + 40 and not a.paren and a.value <= 2.5 * tablet),
+                (
+                    a
+                    for a in amounts
+                    if a.start <= count.end + 40 and not a.paren and (not tablet or a.value <= 2.5 * tablet)
+                ),
                 None,
             )
             cap = count.value * (strength.value if strength else tablet)
@@ -361,6 +490,13 @@ def _advised_cap_over(
             cap = amounts[0].value
         else:
             continue
+        if re.match(
+            r"[^,;.]{0,30}\b(over|per|in|a|each) (a |the |one )?(course|week|fortnight|month)\b",
+            sentence[start:],
+        ):
+            continue  # "no more than 6 mg over a course"
+        if SINGLE_CUE.match(sentence, start) and cap > single_max:  # "up to 2 g of ibuprofen in one go"
+            return True
         times = re.match(r"[^,;]{0,40}\btimes\b", sentence[start:])  # "up to 2 tablets 4 times a day"
         if cap * ((times and _per_day(sentence, start, start + 60)) or 1) > daily_max:
             return True
@@ -382,7 +518,8 @@ def _count(sentence: str, span: tuple[int, int], things: str, caps: bool = False
 
 
 def _amounts(sentence: str, span: tuple[int, int], caps: bool = False) -> list[_Amount]:
-    """Amounts in mg in the span that are advice: not stated caps, not consequences, not the low end of a range."""
+    """Amounts in mg in the span that are advice: not stated caps, not consequences, not the low end
+    of a range. Millilitres of a liquid whose strength the sentence gives count as its mg."""
     found = []
     matches = list(_AMOUNT.finditer(sentence, *span))
     for i, m in enumerate(matches):
@@ -399,6 +536,17 @@ def _amounts(sentence: str, span: tuple[int, int], caps: bool = False) -> list[_
         found.append(
             _Amount(mg, m.start(), m.end(), low, paren=sentence[max(0, m.start() - 1) : m.start()] == "(")
         )
+    conc = _CONC.search(sentence)
+    if conc:  # "40 ml of the 250 mg/5 ml suspension": 2000 mg
+        per_ml = float(conc.group("mg")) / float(conc.group("ml") or 1)
+        for m in _ML.finditer(sentence, *span):
+            if conc.start() <= m.start() < conc.end() or (
+                not caps and _cap_or_consequence(sentence, m.start(), m.end())
+            ):
+                continue
+            low = float(m.group("low") or m.group("n"))
+            found.append(_Amount(float(m.group("n")) * per_ml, m.start(), m.end(), low * per_ml))
+        found.sort(key=lambda a: a.start)
     return found
 
 
@@ -419,26 +567,49 @@ def _stated_cap(sentence: str) -> bool:
 
 def _unnamed_dose_over(sentence: str) -> bool:
     """A dose of a drug the sentence does not name, above what any everyday tablet allows:
-    more than `single` tablets at once or `daily` a day, or any dose more often than `min_hours`."""
+    more than `single` tablets at once or `daily` a day, any dose more often than `min_hours`, or
+    (when the sentence names no drug at all) more than `single_mg` at once or `daily_mg` a day."""
     whole = (0, len(sentence))
     count = _count(sentence, whole, _TABLETS)
+    amounts = _amounts(sentence, whole)
+    # "all 8 tablets (40 mg)": the brackets give the total, so the count is of small tablets
+    # ("all 8 tablets (40 mg) together"): small tablets, only their number a day is held to the limit
+    restated = count and any(a.paren and 0 <= a.start - count.end <= 3 for a in amounts)
     if count:
         per_day = _per_day(sentence, count.end) or _per_day(sentence) or 1
-        if count.value > UNNAMED["single"] or count.value * per_day > UNNAMED["daily"]:
+        if (count.value > UNNAMED["single"] and not restated) or count.value * per_day > UNNAMED["daily"]:
             return True
     hours = _interval_hours(sentence)
-    return hours is not None and hours < UNNAMED["min_hours"] and bool(count or _amounts(sentence, whole))
+    # a dose said with a bare number ("two every three hours"; not "one every 2 hours": lozenges)
+    bare = re.search(rf"\b(?!(?:a|an|one|once|half)\b)(?:{_N}) (?:every|each|again)\b", sentence)
+    if hours is not None and hours < UNNAMED["min_hours"] and bool(count or amounts or bare):
+        return True
+    if NOT_MEDICINE.search(sentence) or _find_drugs(tuple(re.findall(r"[a-z][a-z0-9-]+", sentence))):
+        return False
+    limits = [UNNAMED["daily_mg"], UNNAMED["single_mg"], 0]
+    return _over(sentence, whole, None, limits, _stated_cap(sentence))
 
 
 def _child_liquid_over(sentence: str) -> bool:
-    """A child's liquid dose above the largest single dose on children's labels, or too many a day."""
+    """A child's liquid dose above the largest single dose on children's labels (more for a child of
+    10 or over), or too many a day; with the liquid's strength given, its mg are also checked
+    against the largest children's dose of [doses] ("30 ml of the 160 mg/5 ml liquid" is 960 mg)."""
     if not CHILD.search(sentence):
         return False
+    if _CONC.search(sentence):  # the largest children's dose of any drug, for a child of this weight
+        kg = _child_kg(sentence) or CHILD_WEIGHT["unknown"]
+        largest = max(min(limits[1], limits[3] * kg) for limits in MAX_DAILY_MG.values() if len(limits) > 3)
+        if _over(sentence, (0, len(sentence)), None, [4 * largest, largest, 0], _stated_cap(sentence)):
+            return True
+    older = "older_" if OLDER_CHILD.search(sentence) else ""
+    single, daily = CHILD_ML[older + "single"], CHILD_ML[older + "daily"]
     for m in _ML.finditer(sentence):
-        if _cap_or_consequence(sentence, m.start(), m.end()):
+        if _cap_or_consequence(sentence, m.start(), m.end()) or any(
+            c.start() <= m.start() < c.end() for c in _CONC.finditer(sentence)
+        ):
             continue
         ml = float(m.group("n"))
-        if ml > CHILD_ML["single"] or ml * (_per_day(sentence, m.end()) or 1) > CHILD_ML["daily"]:
+        if ml > single or ml * (_per_day(sentence, m.end()) or 1) > daily:
             return True
     return False
 
@@ -465,7 +636,11 @@ def _per_day(sentence: str, start: int = 0, end: int | None = None) -> float | N
     hours = _hours(m)
     if hours:
         return 24 / max(hours, 0.5)
-    times = m.group("times") or m.group("times2")
+    if m.group("meals"):
+        return 3.0
+    if m.group("twice"):
+        return 2.0
+    times = m.group("times") or m.group("times2") or m.group("times3")
     return _number(times) if times else 1.0
 
 
@@ -476,8 +651,15 @@ def _interval_hours(sentence: str) -> float | None:
 
 
 def _hours(m: re.Match[str]) -> float | None:
-    hours = m.group("hours") or m.group("again") or (m.group("hourly") and "1")
-    return float(hours) if hours else None
+    if m.group("minutes"):
+        return float(m.group("minutes")) / 60
+    hourly = m.group("hourly")
+    if hourly:
+        return 2.0 if re.search(r"other|second", hourly) else 0.5 if "half" in hourly else 1.0
+    hours = m.group("hours") or m.group("again")
+    if not hours:
+        return None
+    return _number(hours.removesuffix(" of").removesuffix(" of").strip())
 
 
 def _frequency(sentence: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:

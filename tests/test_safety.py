@@ -140,26 +140,58 @@ def test_levels_order_and_advice():
 
 def test_higher_level_wins_between_rules_and_model(monkeypatch):
     class Fixed:
-        def __init__(self, level):
-            self.level = level
+        thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
+
+        def __init__(self, level, **probs):
+            self.level, self.p = (
+                level,
+                {"routine": 0.0, "urgent": 0.0, "emergency": 0.0, "crisis": 0.0} | probs,
+            )
 
         def predict(self, texts):
-            return [medbot_triage.ModelVerdict(self.level, {"routine": 0.0, "urgent": 0.0, "emergency": 0.0,
-                                                            "crisis": 0.0} | {self.level: 1.0},
-                                               [("fam.x", "an example", 0.9)]) for _ in texts]  # fmt: skip
+            return [
+                medbot_triage.ModelVerdict(self.level, self.p, [("fam.x", "an example", 0.9)]) for _ in texts
+            ]
 
-    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("urgent"))
-    t = triage("My brother collapsed and is unresponsive.")
+    collapsed = "My brother collapsed and is unresponsive."
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("urgent", urgent=0.6, emergency=0.4))
+    t = triage(collapsed)
     assert t.level == "emergency" and [f.code for f in t.flags] == [
         "emergency.unconscious_seizure",
         "model.urgent",
     ]
-    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("crisis"))
-    t = triage("My brother collapsed and is unresponsive.")
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("crisis", crisis=1.0))
+    t = triage(collapsed)
     assert t.level == "crisis" and "fam.x" in t.flags[-1].evidence and "p=1.00" in t.flags[-1].evidence
-    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("routine"))
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed("routine", routine=1.0))
     t = triage("I have a sore throat.")
     assert t.level == "routine" and not t.flags and t.probs["routine"] == 1.0
+
+
+def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch):
+    """Below the model's same-day band a rule's words give urgent advice, not an alarm; at or above
+    it the rule's emergency stands (the model need not reach its own emergency threshold)."""
+
+    class Fixed:
+        thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
+
+        def __init__(self, esc):
+            self.p = {"routine": 1.0 - esc, "urgent": 0.0, "emergency": esc, "crisis": 0.0}
+
+        def predict(self, texts):
+            return [
+                medbot_triage.ModelVerdict("routine", self.p, [("fam.x", "an example", 0.9)]) for _ in texts
+            ]
+
+    text = "My brother collapsed and is unresponsive."
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.29))
+    t = triage(text)
+    assert t.level == "urgent" and t.advice == URGENT_ADVICE
+    assert [f.code for f in t.flags] == ["emergency.unconscious_seizure", "model.routine"]
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.3))
+    assert triage(text).level == "emergency"
+    assert triage(text, model=False).level == "emergency"  # the rules alone still escalate
+    assert triage("collapsed, unresponsive").level == "emergency"  # too short for the model: rules decide
 
 
 # ---------------------------------------------------------------- the learned model
