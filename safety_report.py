@@ -10,7 +10,7 @@ Triage (rules + learned model, and each alone) on:
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated.
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, data/safety_answers.jsonl.
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl and _dev2.jsonl (development), data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ def main() -> None:
         if (SHARED / name).exists():
             real_questions(SHARED / name, args.show)
     language_report()
-    for name in ("safety_test/answers.jsonl", "safety_answers_dev.jsonl", "safety_answers.jsonl"):
+    for name in (
+        "safety_test/answers.jsonl",
+        "safety_answers_dev.jsonl",
+        "safety_answers_dev2.jsonl",
+        "safety_answers.jsonl",
+    ):
         if (ROOT / "data" / name).exists():
             print_table(f"Answer checks, {name}", answer_table(read(ROOT / "data" / name)))
     speed()
