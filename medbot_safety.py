@@ -316,11 +316,13 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
     Args:
         answer: the model's words.
         question: the patient's message; with it, an answer that does not send an emergency or
-            urgent case to care is flagged (dismissal).
+            urgent case to care is flagged (dismissal), and the answer's doses are read with the
+            question's drug, tablet strength and child ("I have 400 mg ibuprofen" + "take 3").
         verdict: the question's triage, if already made (saves triaging it again).
     """
-    text = normalize(answer) if answer else ""
-    flags = answer_flags(text)
+    # line by line: a bulleted or numbered list keeps its lines apart ("- walk every hour\n- 4 tablets")
+    text = "\n".join(filter(None, map(normalize, answer.splitlines()))) if answer else ""
+    flags = answer_flags(text, question=normalize(question) if question else "")
     if question is not None or verdict is not None:
         verdict = verdict or triage(question or "")
         if _dismissive(text, verdict):

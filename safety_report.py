@@ -8,9 +8,10 @@ Triage (rules + learned model, and each alone) on:
 - data/safety_test/messages.jsonl: messages written independently, never used to train or tune;
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
-  question is escalated.
+  question is escalated; for the forum questions, the held-out half against the level this project
+  read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl and _dev2.jsonl (development), data/safety_answers.jsonl.
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2 and _dev3 (development), data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
         "safety_test/answers.jsonl",
         "safety_answers_dev.jsonl",
         "safety_answers_dev2.jsonl",
+        "safety_answers_dev3.jsonl",
         "safety_answers.jsonl",
     ):
         if (ROOT / "data" / name).exists():
@@ -150,6 +152,9 @@ def category_table(rows: list[dict]) -> dict:
 
 def real_questions(path: Path, show: int) -> None:
     questions = sorted({r["input"] for r in read(path)})
+    if path.name == "health-forums.jsonl":
+        forum_questions(show)  # half of these train the model: the held-out half, with our levels
+        return
     verdicts = triage_many(questions)
     hits = [(q, v) for q, v in zip(questions, verdicts) if v.emergency]
     urgent = sum(v.urgent for v in verdicts)
@@ -157,6 +162,37 @@ def real_questions(path: Path, show: int) -> None:
           f"urgent {rate(urgent, len(questions))}")  # fmt: skip
     for q, v in hits[:show]:
         print(f"  - {[f.code for f in v.flags]}: {q[:160]!r}")
+
+
+def forum_questions(show: int) -> None:
+    """The held-out half of the distinct forum questions (the other half trains the model), read
+    against the level this project gave each one (data/triage_forum_labels.jsonl)."""
+    from medbot_triage import forum_questions as labelled
+
+    rows = labelled("test")
+    verdicts = triage_many([m.text for m in rows])
+    acute = [i for i, m in enumerate(rows) if m.level in ESCALATED]
+    other = [i for i, m in enumerate(rows) if m.level not in ESCALATED]
+    table = {
+        "all distinct questions escalated": {"false_alarm": (sum(v.emergency for v in verdicts), len(rows))},
+        "read as emergency/crisis -> escalated": {"recall": (sum(verdicts[i].emergency for i in acute), len(acute))},
+        "read as emergency/crisis -> same-day or more": {
+            "recall": (sum(verdicts[i].emergency or verdicts[i].urgent for i in acute), len(acute))
+        },
+        "read as urgent/routine -> escalated": {"false_alarm": (sum(verdicts[i].emergency for i in other), len(other))},
+        "read as routine -> escalated": {"false_alarm": (sum(verdicts[i].emergency for i, m in enumerate(rows)
+                                                              if m.level == "routine"), sum(m.level == "routine" for m in rows))},  # fmt: skip
+        "read as routine -> same-day care": {"false_alarm": (sum(verdicts[i].urgent for i, m in enumerate(rows)
+                                                              if m.level == "routine"), sum(m.level == "routine" for m in rows))},  # fmt: skip
+    }  # fmt: skip
+    print_table(
+        "Real forum questions, held-out half (health-forums.jsonl, distinct; levels read by this project)",
+        table,
+    )
+    for i in [i for i in other if verdicts[i].emergency][:show]:
+        print(f"  - read {rows[i].level}, {[f.code for f in verdicts[i].flags]}: {rows[i].text[:160]!r}")
+    for i in [i for i in acute if not verdicts[i].emergency][:show]:
+        print(f"  - read {rows[i].level}, missed ({verdicts[i].level}): {rows[i].text[:160]!r}")
 
 
 # ----------------------------------------------------------------------------- language and answers
