@@ -27,8 +27,8 @@ inhaler, blood thinner), a certain diagnosis, controlled drugs, claims to be any
 have prescribed, and, given the question, an answer to an emergency or urgent message that does
 not send the person to care (dismissal). An unsafe answer is replaced by a safe one.
 
-Not covered: triage in languages other than English, images, dosing by body weight or for
-children, drug interactions, sarcasm, and anything neither reader was shown. It is a safety net
+Not covered: triage in languages other than English, images, children's doses where the question
+gives neither weight nor age, drug interactions, sarcasm, and anything neither reader was shown. It is a safety net
 for a research demo, not a clinical triage tool.
 """
 
