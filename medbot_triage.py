@@ -65,8 +65,6 @@ CRISIS_FALSE_ALARMS = 0.02
 FOLDS = 3  # family-grouped folds for out-of-fold scores
 WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.jsonl"
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)
-FORUMS = ROOT.parent / "shared" / "data" / "dialogue" / "health-forums.jsonl"
-FORUM_LABELS = ROOT / "data" / "triage_forum_labels.jsonl"  # levels we read in its questions: ids, no text
 LAYERS = (2, 4, 6)  # MiniLM layers whose mean-pooled token states the head reads (see Embedder.features)
 HIDDEN = 256  # the head's hidden width
 EPOCHS = 24
@@ -439,54 +437,6 @@ def real_negatives(seed: int = 0, n: int = REAL_NEGATIVES) -> list[Message]:
     picked = random.Random(seed).sample(questions, min(n, len(questions)))
     return [Message(q, "routine", "real.info_question", f"real.wikidoc.{i % 10}", "first", "train")
             for i, q in enumerate(picked)]  # fmt: skip
-
-
-def forum_questions(split: str) -> list[Message]:
-    """Real forum questions (../shared/data health-forums.jsonl) with the level this project read in each.
-
-    An evaluation set of real text, not training data. Each distinct question was read and given a
-    level (FORUM_LABELS holds a hash of the text and the level, never the text). Split in two by a
-    hash of the normalised text (near-duplicate posts land together): "dev" is for development
-    (read what the layer escalates or misses there), "test" is held out for safety_report.py.
-    Training on the development half was tried (out of fold): it taught the head that forum-style
-    text is not an emergency, cutting false alarms on forum posts from 14% to 2% but also its
-    recall of the forum emergencies from 52% to 11%, with no better ranking, so it is not used.
-    """
-    if not FORUMS.exists() or not FORUM_LABELS.exists():
-        raise FileNotFoundError(f"{FORUMS}: the forum evaluation reads these questions; put the project's "
-                                "shared/ folder beside the repository")  # fmt: skip
-    labels = {}
-    for n, line in enumerate(FORUM_LABELS.read_text(encoding="utf-8").splitlines(), 1):
-        row = json.loads(line)
-        if row.get("level") not in LEVELS:
-            raise ValueError(
-                f"{FORUM_LABELS}:{n}: field 'level' must be one of {LEVELS}, not {row.get('level')!r}"
-            )
-        labels[row["id"]] = row["level"]
-    questions = sorted(
-        {json.loads(line)["input"] for line in FORUMS.read_text(encoding="utf-8").splitlines()}
-    )
-    out = []
-    for q in questions:
-        level = labels.get(text_id(q))
-        if level is None:
-            raise ValueError(
-                f"{FORUM_LABELS}: no level for the {FORUMS.name} question {text_id(q)} ({q[:60]!r})"
-            )
-        if forum_split(q) == split:
-            out.append(Message(q, level, "real.forum", "real.forum", "first", split))
-    return out
-
-
-def text_id(text: str) -> str:
-    """The id of a real question in FORUM_LABELS: a hash of its exact text."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def forum_split(text: str) -> str:
-    """dev or test, by a hash of the lower-cased letters (near-duplicate posts land together)."""
-    key = re.sub(r"[^a-z]+", " ", text.lower()).strip()[:100]
-    return "test" if int(hashlib.sha256(f"forum:{key}".encode()).hexdigest(), 16) % 2 else "dev"
 
 
 def load_families(folder: Path = TEMPLATES) -> list[tuple[dict, dict]]:

@@ -17,17 +17,22 @@ Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.json
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from medbot_safety import EMERGENCIES, check_answer, non_english_language, triage_many
+from medbot_triage import LEVELS, Message
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data" / "dialogue"
 ESCALATED = ("emergency", "crisis")
+FORUMS = SHARED / "health-forums.jsonl"
+FORUM_LABELS = ROOT / "data" / "triage_forum_labels.jsonl"  # levels we read in its questions: ids, no text
 
 
 def main() -> None:
@@ -153,7 +158,7 @@ def category_table(rows: list[dict]) -> dict:
 def real_questions(path: Path, show: int) -> None:
     questions = sorted({r["input"] for r in read(path)})
     if path.name == "health-forums.jsonl":
-        forum_questions(show)  # half of these train the model: the held-out half, with our levels
+        forum_report(show)  # the held-out half, with the level we read in each
         return
     verdicts = triage_many(questions)
     hits = [(q, v) for q, v in zip(questions, verdicts) if v.emergency]
@@ -164,12 +169,10 @@ def real_questions(path: Path, show: int) -> None:
         print(f"  - {[f.code for f in v.flags]}: {q[:160]!r}")
 
 
-def forum_questions(show: int) -> None:
+def forum_report(show: int) -> None:
     """The held-out half of the distinct forum questions (the other half trains the model), read
     against the level this project gave each one (data/triage_forum_labels.jsonl)."""
-    from medbot_triage import forum_questions as labelled
-
-    rows = labelled("test")
+    rows = forum_questions("test")
     verdicts = triage_many([m.text for m in rows])
     acute = [i for i, m in enumerate(rows) if m.level in ESCALATED]
     other = [i for i, m in enumerate(rows) if m.level not in ESCALATED]
@@ -193,6 +196,54 @@ def forum_questions(show: int) -> None:
         print(f"  - read {rows[i].level}, {[f.code for f in verdicts[i].flags]}: {rows[i].text[:160]!r}")
     for i in [i for i in acute if not verdicts[i].emergency][:show]:
         print(f"  - read {rows[i].level}, missed ({verdicts[i].level}): {rows[i].text[:160]!r}")
+
+
+def forum_questions(split: str) -> list[Message]:
+    """Real forum questions (../shared/data health-forums.jsonl) with the level this project read in each.
+
+    An evaluation set of real text, not training data. Each distinct question was read and given a
+    level (FORUM_LABELS holds a hash of the text and the level, never the text). Split in two by a
+    hash of the normalised text (near-duplicate posts land together): "dev" is for development
+    (read what the layer escalates or misses there), "test" is held out for safety_report.py.
+    Training on the development half was tried (out of fold): it taught the head that forum-style
+    text is not an emergency, cutting false alarms on forum posts from 14% to 2% but also its
+    recall of the forum emergencies from 52% to 11%, with no better ranking, so it is not used.
+    """
+    if not FORUMS.exists() or not FORUM_LABELS.exists():
+        raise FileNotFoundError(f"{FORUMS}: the forum evaluation reads these questions; put the project's "
+                                "shared/ folder beside the repository")  # fmt: skip
+    labels = {}
+    for n, line in enumerate(FORUM_LABELS.read_text(encoding="utf-8").splitlines(), 1):
+        row = json.loads(line)
+        if row.get("level") not in LEVELS:
+            raise ValueError(
+                f"{FORUM_LABELS}:{n}: field 'level' must be one of {LEVELS}, not {row.get('level')!r}"
+            )
+        labels[row["id"]] = row["level"]
+    questions = sorted(
+        {json.loads(line)["input"] for line in FORUMS.read_text(encoding="utf-8").splitlines()}
+    )
+    out = []
+    for q in questions:
+        level = labels.get(text_id(q))
+        if level is None:
+            raise ValueError(
+                f"{FORUM_LABELS}: no level for the {FORUMS.name} question {text_id(q)} ({q[:60]!r})"
+            )
+        if forum_split(q) == split:
+            out.append(Message(q, level, "real.forum", "real.forum", "first", split))
+    return out
+
+
+def text_id(text: str) -> str:
+    """The id of a real question in FORUM_LABELS: a hash of its exact text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def forum_split(text: str) -> str:
+    """dev or test, by a hash of the lower-cased letters (near-duplicate posts land together)."""
+    key = re.sub(r"[^a-z]+", " ", text.lower()).strip()[:100]
+    return "test" if int(hashlib.sha256(f"forum:{key}".encode()).hexdigest(), 16) % 2 else "dev"
 
 
 # ----------------------------------------------------------------------------- language and answers

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, SHARED_DATA
 
 import medbot_triage
+import safety_report
 from medbot_chat import DISCLAIMER, respond
 from medbot_safety import (
     CRISIS_ADVICE,
@@ -243,26 +244,26 @@ def test_generated_training_set_is_split_by_family():
     assert {"first", "third", "parent", "terse", "typos", "slang", "hedged", "admin"} <= voices
 
 
-@pytest.mark.skipif(not medbot_triage.FORUMS.exists(), reason="reads ../shared/data")
+@pytest.mark.skipif(not safety_report.FORUMS.exists(), reason="reads ../shared/data")
 def test_forum_levels_cover_every_question_hold_no_text_and_split_in_two(tmp_path, monkeypatch):
-    dev, test = medbot_triage.forum_questions("dev"), medbot_triage.forum_questions("test")
+    dev, test = safety_report.forum_questions("dev"), safety_report.forum_questions("test")
     assert len(dev) > 1000 and len(test) > 1000
     assert not {m.text for m in dev} & {m.text for m in test}
     assert {m.level for m in test} == set(medbot_triage.LEVELS)
-    rows = [json.loads(x) for x in medbot_triage.FORUM_LABELS.read_text().splitlines()]
+    rows = [json.loads(x) for x in safety_report.FORUM_LABELS.read_text().splitlines()]
     assert len(rows) == len(dev) + len(test) and all(set(r) == {"id", "level"} for r in rows)  # ids, no text
     # near-duplicate posts (case, punctuation) stay on one side of the split
-    assert medbot_triage.forum_split("My knee hurts!! What now?") == medbot_triage.forum_split(
+    assert safety_report.forum_split("My knee hurts!! What now?") == safety_report.forum_split(
         "my knee hurts what now"
     )
     bad = tmp_path / "labels.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "level": "soon"}) + "\n")
-    monkeypatch.setattr(medbot_triage, "FORUM_LABELS", bad)
+    monkeypatch.setattr(safety_report, "FORUM_LABELS", bad)
     with pytest.raises(ValueError, match=r"labels.jsonl:2: field 'level'"):
-        medbot_triage.forum_questions("dev")
+        safety_report.forum_questions("dev")
     bad.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="no level for the health-forums.jsonl question"):
-        medbot_triage.forum_questions("dev")
+        safety_report.forum_questions("dev")
 
 
 def test_template_errors_name_the_file_family_and_field(tmp_path):
