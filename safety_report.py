@@ -170,8 +170,8 @@ def real_questions(path: Path, show: int) -> None:
 
 
 def forum_report(show: int) -> None:
-    """The held-out half of the distinct forum questions (the other half trains the model), read
-    against the level this project gave each one (data/triage_forum_labels.jsonl)."""
+    """The held-out half of the distinct forum questions (the other half is for reading what the
+    layer gets wrong; neither trains the model), read against the level this project gave each one (data/triage_forum_labels.jsonl)."""
     rows = forum_questions("test")
     verdicts = triage_many([m.text for m in rows])
     acute = [i for i, m in enumerate(rows) if m.level in ESCALATED]
