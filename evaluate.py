@@ -55,7 +55,7 @@ def evaluate_set(
             for i in range(0, len(rows), batch):
                 idx = order[i : i + batch]
                 got = respond_batch(model, tok, cfg, [rows[j].input for j in idx], seed=seed + i,
-                                    max_new_tokens=gen_tokens)  # fmt: skip
+                                    histories=[rows[j].history for j in idx], max_new_tokens=gen_tokens)  # fmt: skip
                 for j, reply in zip(idx, got):
                     replies[j] = reply
         answers = [r.answer for r in replies]

@@ -51,7 +51,7 @@ from medbot_safety import (
     triage,
     triage_many,
 )
-from medbot_utils import format_conversation, format_prompt
+from medbot_utils import chat_messages, render_chat
 
 DISCLAIMER = (
     "This is an AI research demo, not medical advice, and not a doctor. "
@@ -192,24 +192,30 @@ def respond_batch(
     cfg: MedbotConfig,
     queries: list[str],
     *,
+    histories: list[list[tuple[str, str]]] | None = None,
     seed: int | None = None,
     max_new_tokens: int | None = None,
 ) -> list[Reply]:
     """Answer several queries in one batched generation (left padding); same path as `respond`.
 
     Each query is triaged before generation and each answer checked after; messages that are
-    not English get the fallback and are not generated for.
+    not English get the fallback and are not generated for. `histories`: earlier (patient,
+    doctor) exchanges per query (evaluation of multi-turn conversations), as in `respond_stream`.
     """
     if any(not q or not q.strip() for q in queries):
         raise ValueError("the patient query is empty")
-    verdicts = [triage(q) for q in queries]  # before generation: emergency advice comes first
+    histories = histories or [[] for _ in queries]
+    # before generation: emergency advice comes first
+    verdicts = [conversation_triage(q, [p for p, _ in h]) for q, h in zip(queries, histories)]
     replies = [Reply(answer="", triage=v) for v in verdicts]
     todo = [i for i, v in enumerate(verdicts) if not v.non_english]
     if not todo:
         return replies
-    prompts = [format_prompt(queries[i], cfg.prompt_template) for i in todo]
+    prompts = [render_chat(tokenizer, cfg.prompt_template, chat_messages(queries[i], histories[i]), generation=True)
+               for i in todo]  # fmt: skip
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    # the template holds any BOS itself: the ids are those training saw for the same text
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
     if seed is not None:
         torch.manual_seed(seed)
@@ -388,8 +394,8 @@ def respond_stream(
     Args:
         history: earlier (patient, doctor answer) exchanges of this conversation, oldest first
             (`parse_history` makes them from what a client sends back; each answer is passed
-            through `strip_reply` again here); they go into the prompt in the training template,
-            oldest dropped first if too long.
+            through `strip_reply` again here); they go into the prompt through the conversation
+            template training used (`medbot_utils.chat_template`), oldest dropped first if too long.
         max_time: seconds after which generation stops (finish_reason "timeout").
         Other arguments as in `respond`; with the same seed and no history the final reply
         equals `respond`'s.
@@ -403,12 +409,15 @@ def respond_stream(
     # answers only: whatever a caller passes, no safety text, marker or placeholder enters the prompt
     turns = [(patient, strip_reply(answer)) for patient, answer in history or []]
     while True:  # the newest exchanges that fit in half the generation budget
-        prompt = format_conversation(query, cfg.prompt_template, turns)
-        if not turns or len(tokenizer(prompt)["input_ids"]) <= cfg.gen_max_length // 2:
+        prompt = render_chat(tokenizer, cfg.prompt_template, chat_messages(query, turns), generation=True)
+        if (
+            not turns
+            or len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= cfg.gen_max_length // 2
+        ):
             break
         turns = turns[1:]
     stream.prompt_turns = len(turns)
-    enc = tokenizer([prompt], return_tensors="pt").to(model.device)
+    enc = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(model.device)
     kwargs = generate_kwargs(model, tokenizer, cfg, enc, max_new_tokens)
     stream._pieces = _pieces(stream, model, tokenizer, cfg, enc, kwargs, seed, max_time)
     return stream

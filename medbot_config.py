@@ -18,6 +18,7 @@ from pathlib import Path
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 FALCON_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> package it needs
 PROMPT_TEMPLATE = (
     "### The following is a doctor's opinion on a patient's query:\n"
     "### Patient query: {query}\n"
@@ -100,6 +101,9 @@ class MedbotConfig:
     """Checkpoints and the final adapter (`<output_dir>/adapter`)."""
     logs_dir: str = "logs"
     """Metrics file, TensorBoard events and plots."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers besides `<logs_dir>/metrics.jsonl` (always written, the plots read it):
+    any of tensorboard (under `<logs_dir>/tensorboard`), wandb, mlflow; [] for none."""
     resume: bool = True
     """Continue from the newest checkpoint in output_dir if there is one."""
     # --- generation ---
@@ -131,6 +135,9 @@ class MedbotConfig:
             raise ValueError(
                 f"pack_tokens ({self.pack_tokens}) must be at least max_length ({self.max_length})"
             )
+        unknown = sorted(set(self.report_to) - set(TRACKERS))
+        if unknown:
+            raise ValueError(f"report_to: {unknown} not supported; choose from {sorted(TRACKERS)}")
         if self.compute_dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"compute_dtype must be auto/bf16/fp16/fp32, got {self.compute_dtype!r}")
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from medbot_triage import Embedder  # all-MiniLM-L6-v2, shared with the triage model
-from medbot_utils import Dialogue, format_prompt, tokenize_pair
+from medbot_utils import Dialogue, tokenize_conversation
 
 # ----------------------------------------------------------------------------- text metrics
 
@@ -85,12 +85,12 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: 
 def answer_perplexity(
     model: Any, tokenizer: Any, cfg: Any, dialogues: list[Dialogue], batch: int = 8
 ) -> float:
-    """exp(mean loss over reference-answer tokens), the prompt formatted as in training."""
+    """exp(mean loss over reference-answer tokens), the conversation tokenized as in training."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(dialogues), batch):
         rows = [
-            tokenize_pair(tokenizer, format_prompt(d.input, cfg.prompt_template), d.output, cfg.max_length)
+            tokenize_conversation(tokenizer, d.messages(), cfg.prompt_template, cfg.max_length)
             for d in dialogues[i : i + batch]
         ]
         width = max(len(r["input_ids"]) for r in rows)

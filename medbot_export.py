@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import format_prompt
+from medbot_utils import chat_messages, render_chat
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Largest allowed |difference| relative to the largest |value|, per merged layer (its output on
@@ -122,7 +122,8 @@ def logits_for(model: Any, tokenizer: Any, cfg: MedbotConfig) -> list[torch.Tens
     """Next-token logits over each check prompt (float32, on CPU)."""
     out = []
     for q in CHECK_QUERIES:
-        enc = tokenizer(format_prompt(q, cfg.prompt_template), return_tensors="pt").to(model.device)
+        prompt = render_chat(tokenizer, cfg.prompt_template, chat_messages(q), generation=True)
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         out.append(model(**enc).logits[0].float().cpu())
     return out
 

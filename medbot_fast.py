@@ -1,7 +1,7 @@
 """Fast training: packed rows with per-dialogue attention, and multi-query attention without the fallback.
 
     rows = pack_samples(samples, pack_tokens=4096, pad_token_id=tok.pad_token_id, seed=42)
-    patch_falcon_attention(model)              # idempotent; only Falcon attention layers change
+    enable_packing(model)                      # "falcon" (our attention) or "generic"; idempotent
     batch = PackedCollator()(rows[:2])         # input_ids, labels, position_ids; no attention_mask
 
 Why: dialogue rows average ~120 tokens, so padded batches of 4 give the GPU tiny matrix products
@@ -15,6 +15,13 @@ which takes the slow math kernel. Here, on CUDA, packed rows go to flash varlen 
 (`torch.nn.attention.varlen`, grouped-query aware); elsewhere (CPU tests) SDPA runs with the
 key/value head expanded and a block-diagonal causal mask. Generation with a KV cache keeps the
 original code path.
+
+Every other architecture takes transformers' own packed-sequence support: with no attention mask
+and no cache, its mask builder reads the position-id restarts and makes the mask block-diagonal
+(SDPA, eager), and flash-attention implementations run varlen over the same boundaries. The one
+trap is the cache: with `use_cache=True` (the default outside training) a cache object exists and
+the packed-sequence check is skipped, so dialogues leak into each other. `enable_packing` turns
+the cache off for packed batches.
 """
 
 from __future__ import annotations
@@ -94,6 +101,31 @@ class PackedCollator:
 
 
 # ----------------------------------------------------------------------------- attention
+
+
+def enable_packing(model: torch.nn.Module) -> str:
+    """Make packed rows attend within their own dialogue only, for any causal LM.
+
+    Returns:
+        "falcon" when Falcon's attention was routed to the fast path below, else "generic"
+        (transformers' packed-sequence masks, with the cache off for packed batches).
+    """
+    if patch_falcon_attention(model):
+        return "falcon"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "_medbot_packing_hook", False):
+        inner.register_forward_pre_hook(_no_cache_when_packed, with_kwargs=True)
+        inner._medbot_packing_hook = True
+    return "generic"
+
+
+def _no_cache_when_packed(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """A packed batch (position ids, no attention mask, no cache) runs with use_cache=False, the
+    condition under which transformers builds per-dialogue masks from the position ids."""
+    packed = kwargs.get("position_ids") is not None and kwargs.get("attention_mask") is None
+    if not packed or kwargs.get("past_key_values") is not None:
+        return None
+    return args, {**kwargs, "use_cache": False}
 
 
 def cu_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

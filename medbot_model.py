@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from medbot_config import EMBEDDED_MODEL, FALCON_TARGETS, MedbotConfig
+from medbot_utils import install_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def _source(cfg: MedbotConfig) -> tuple[str, dict[str, Any]]:
 
 
 def load_tokenizer(cfg: MedbotConfig) -> Any:
-    """The base model's tokenizer, with a pad token (EOS when the model has none)."""
+    """The base model's tokenizer, with a pad token (EOS when the model has none) and the config's
+    conversation template as its chat template (replacing the base's; saved with every adapter)."""
     from transformers import AutoTokenizer
 
     name, extra = _source(cfg)
@@ -106,7 +108,7 @@ def load_tokenizer(cfg: MedbotConfig) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # batched generation continues from the right edge
-    return tokenizer
+    return install_chat_template(tokenizer, cfg.prompt_template)
 
 
 @contextlib.contextmanager
@@ -234,19 +236,24 @@ def load_for_chat(adapter_dir: str | Path, merge: bool | None = None) -> tuple[A
 
     Args:
         adapter_dir: the folder `save_adapter` wrote.
-        merge: load the base in 16-bit and merge the LoRA weights into it — decoding then reads
-            one plain weight per layer (several times faster on a GPU). None: merge on GPUs with
-            at least 24 GiB, keep the 4-bit base plus adapter on smaller ones (a T4) and on CPU.
+        merge: merge the LoRA weights into plain 16-bit layers, decoding then reads one plain
+            weight per layer (several times faster on a GPU). None: merge on GPUs with at least
+            24 GiB, keep the 4-bit base plus adapter on smaller ones (a T4) and on CPU.
+
+    One fine-tuned model everywhere: the merge adds each LoRA delta to the weights the adapter was
+    trained against (the dequantized 4-bit base, for QLoRA), exactly as `medbot_export` does, not
+    to the original 16-bit weights the training never saw.
     """
     from peft import PeftModel
+
+    from medbot_export import merge_to_dense
 
     cfg = MedbotConfig.load(adapter_dir)
     if merge is None:
         merge = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory >= 24 * 2**30
     tokenizer = load_tokenizer(cfg)
-    base_cfg = cfg.replace(load_in_4bit=False) if merge else cfg
-    model = PeftModel.from_pretrained(load_base_model(base_cfg), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_base_model(cfg), str(adapter_dir))
     if merge:
-        model = model.merge_and_unload()
+        model, _ = merge_to_dense(model, compute_dtype(cfg) if torch.cuda.is_available() else torch.float32)
     model.eval()
     return model, tokenizer, cfg

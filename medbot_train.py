@@ -6,13 +6,15 @@
     save_adapter(trainer.model, tokenizer, cfg)
     plot_losses(Path(cfg.logs_dir) / "metrics.jsonl", Path(cfg.logs_dir) / "loss.png")
 
-Train and eval losses go to `<logs_dir>/metrics.jsonl` (one JSON object a line) and to
-TensorBoard under `<logs_dir>/tensorboard`; checkpoints to `<output_dir>/checkpoint-N`.
+Train and eval losses go to `<logs_dir>/metrics.jsonl` (one JSON object a line) and to the
+trackers in `cfg.report_to` (TensorBoard under `<logs_dir>/tensorboard` by default; W&B and MLflow
+through the Trainer's own integrations when installed); checkpoints to `<output_dir>/checkpoint-N`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -27,8 +29,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import DataCollator
+from medbot_config import CONFIG_FILE, TRACKERS, MedbotConfig
+from medbot_utils import DataCollator, install_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def training_args(cfg: MedbotConfig) -> TrainingArguments:
         save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps,
-        report_to="none",  # TensorBoard is added in build_trainer, writing under logs_dir
+        report_to=trackers(cfg),  # TensorBoard is added in build_trainer, writing under logs_dir
         optim=optim,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -129,18 +131,13 @@ def build_trainer(
         )
     collator: Any = DataCollator(tokenizer.pad_token_id)
     if cfg.packing:
-        from medbot_fast import PackedCollator, pack_samples, packing_efficiency, patch_falcon_attention
+        from medbot_fast import PackedCollator, enable_packing, pack_samples, packing_efficiency
 
-        if not patch_falcon_attention(model):
-            # measured: transformers' own position-id packing lets Llama/SmolLM2 rows attend across
-            # dialogues, so packing is offered only where our attention keeps them apart
-            raise ValueError(
-                "packing needs a Falcon model (our attention keeps dialogues apart); set packing=False"
-            )
+        path = enable_packing(model)  # Falcon: our attention; others: transformers' packed masks
         train_samples = pack_samples(train_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
         eval_samples = pack_samples(eval_samples, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
-        log.info("packed into %d rows of %d tokens (%.0f%% dialogue tokens)",
-                 len(train_samples), cfg.pack_tokens, 100 * packing_efficiency(train_samples))  # fmt: skip
+        log.info("packed into %d rows of %d tokens (%.0f%% dialogue tokens, %s attention)",
+                 len(train_samples), cfg.pack_tokens, 100 * packing_efficiency(train_samples), path)  # fmt: skip
         collator = PackedCollator()
     return Trainer(
         model=model,
@@ -151,10 +148,21 @@ def build_trainer(
         callbacks=[MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE)]
         + (
             [TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard")))]
-            if is_main_process()
+            if is_main_process() and "tensorboard" in cfg.report_to
             else []
         ),
     )
+
+
+def trackers(cfg: MedbotConfig) -> list[str]:
+    """The trackers the Trainer reports to itself: cfg.report_to except TensorBoard (added as a
+    callback writing under logs_dir). A tracker that is not installed is an error, not a silent skip."""
+    missing = [t for t in cfg.report_to if importlib.util.find_spec(TRACKERS[t]) is None]
+    if missing:
+        raise ValueError(
+            f"report_to={cfg.report_to}: {missing} not installed (pip install {' '.join(TRACKERS[t] for t in missing)})"
+        )
+    return [t for t in cfg.report_to if t != "tensorboard"] or ["none"]
 
 
 def is_main_process() -> bool:
@@ -221,10 +229,14 @@ def _lora_inputs_uncast(model: Any, enabled: bool) -> Iterator[None]:
 
 
 def save_adapter(model: Any, tokenizer: Any, cfg: MedbotConfig) -> Path:
-    """Save the LoRA adapter, the tokenizer and the config chat will read, in cfg.adapter_dir."""
+    """Save the LoRA adapter, the tokenizer and the config chat will read, in cfg.adapter_dir.
+
+    The tokenizer is saved with the conversation template as its chat template (not the base
+    model's), so whatever applies the tokenizer's template prompts as training did.
+    """
     out = cfg.adapter_dir
     model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    install_chat_template(tokenizer, cfg.prompt_template).save_pretrained(str(out))
     cfg.save(out / CONFIG_FILE)
     return out
 

@@ -4,6 +4,13 @@
     train_rows, eval_rows = split_dialogues(rows, eval_fraction=0.1, seed=42)
     train_ds, train_report = tokenize_dialogues(train_rows, tokenizer, cfg)
 
+Files hold patient/doctor pairs (`{input, output}` and the other field names below) or whole
+conversations: OpenAI `{"messages": [{"role", "content"}]}` or ShareGPT `{"conversations":
+[{"from", "value"}]}`, with an optional system turn first. One conversation template (the seed's
+prompt is its single-turn case) is written into the tokenizer as its Jinja `chat_template`, and
+training, chat, evaluation and export all render prompts through it: the prompt a served model
+sees is byte for byte the prompt it was trained on.
+
 Every record that is not used is accounted for in a `DataReport` (duplicate, empty answer,
 over-long prompt ...) with its file and line, and malformed input raises `DataError` naming the
 file, line and field. Nothing is dropped silently.
@@ -16,6 +23,7 @@ import io
 import json
 import logging
 import random
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +44,28 @@ class DataError(ValueError):
 
 @dataclass
 class Dialogue:
-    """One patient query and the doctor's answer, with where it came from."""
+    """A conversation: earlier exchanges, the last patient message and the doctor's answer to it.
 
-    input: str
-    output: str
+    A single-turn pair has no history. Training learns every doctor answer of the conversation;
+    evaluation answers `input` after `history` and compares with `output`.
+    """
+
+    input: str  # the last patient message
+    output: str  # the doctor's answer to it
     where: str  # "file:line" (or "dataset:record N"), for reports and errors
+    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (patient, doctor) turns
+    system: str = ""  # a system turn, if the conversation had one
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages (system, user, assistant, ...), as chat templates read them."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for patient, doctor in [*self.history, (self.input, self.output)]:
+            out += [{"role": "user", "content": patient}, {"role": "assistant", "content": doctor}]
+        return out
+
+    @property
+    def first_query(self) -> str:
+        return self.history[0][0] if self.history else self.input
 
 
 @dataclass
@@ -72,7 +97,10 @@ class DataReport:
 def load_dialogues(
     source: str | Path, input_field: str | None = None, output_field: str | None = None
 ) -> tuple[list[Dialogue], DataReport]:
-    """Load patient/doctor pairs from a .json/.jsonl/.csv file or `hf:<dataset id>`.
+    """Load conversations from a .json/.jsonl/.csv file or `hf:<dataset id>`.
+
+    A record is a patient/doctor pair (fields detected as below, or named) or a conversation
+    under `messages` (OpenAI: role/content) or `conversations` (ShareGPT: from/value).
 
     Args:
         source: a file path, or `hf:owner/name` for a Hugging Face dataset (train split).
@@ -84,7 +112,8 @@ def load_dialogues(
         of every record dropped, with its location.
 
     Raises:
-        DataError: unreadable bytes, bad JSON, a missing or non-string field, an empty query.
+        DataError: unreadable bytes, bad JSON, a missing or non-string field, an empty query,
+            a conversation whose roles are unknown or out of order.
     """
     source = str(source)
     if source.startswith("hf:"):
@@ -93,18 +122,24 @@ def load_dialogues(
         records = _read_file(Path(source))
     report = DataReport(source=source, records=len(records))
     dialogues: list[Dialogue] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple] = set()
     for where, record in records:
-        query, answer = _extract_pair(record, where, input_field, output_field)
-        if not answer:
-            report.drop("empty answer", where)
+        turns = _conversation_field(record)
+        if turns is not None:
+            system, pairs, problem = _extract_conversation(record, turns, where)
+        else:
+            system, pairs, problem = "", [_extract_pair(record, where, input_field, output_field)], None
+        if problem is None and not all(answer for _, answer in pairs):
+            problem = "empty answer"
+        if problem:
+            report.drop(problem, where)
             continue
-        key = (query, answer)
+        key = (system, *pairs)
         if key in seen:
             report.drop("exact duplicate", where)
             continue
         seen.add(key)
-        dialogues.append(Dialogue(query, answer, where))
+        dialogues.append(Dialogue(pairs[-1][0], pairs[-1][1], where, history=pairs[:-1], system=system))
     log.info(report.summary())
     return dialogues, report
 
@@ -225,6 +260,68 @@ def _extract_pair(
     return query, answer
 
 
+# Chat roles as the common conversation formats spell them (OpenAI role / ShareGPT from).
+ROLES = {"system": "system", "user": "user", "human": "user", "patient": "user",
+         "assistant": "assistant", "gpt": "assistant", "doctor": "assistant", "bot": "assistant", "model": "assistant"}  # fmt: skip
+
+
+def _conversation_field(record: Any) -> str | None:
+    """`messages` (OpenAI) or `conversations` (ShareGPT) when the record is a conversation."""
+    if isinstance(record, dict):
+        for key in ("messages", "conversations"):
+            if key in record:
+                return key
+    return None
+
+
+def _extract_conversation(
+    record: dict, key: str, where: str
+) -> tuple[str, list[tuple[str, str]], str | None]:
+    """(system, [(patient, doctor), ...], reason to drop or None) from a conversation record.
+
+    Errors (raised, naming the turn): a turn that is not an object, a role or text missing or not
+    a string, an unknown role, a system turn after the first, two patient or two doctor turns in a
+    row, a conversation that starts with the doctor, an empty patient turn. Dropped and reported:
+    a conversation that does not end with a doctor answer (nothing to learn for its last message).
+    """
+    turns = record[key]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: field {key!r} must be a non-empty list of turns")
+    role_key, text_key = ("role", "content") if key == "messages" else ("from", "value")
+    system, pairs, pending = "", [], None
+    for n, turn in enumerate(turns):
+        at = f"{where}: field '{key}[{n}]"
+        if not isinstance(turn, dict):
+            raise DataError(
+                f"{at}' must be an object with {role_key!r} and {text_key!r}, got {type(turn).__name__}"
+            )
+        for name in (role_key, text_key):
+            if not isinstance(turn.get(name), str):
+                raise DataError(f"{at}.{name}' is missing or not a string")
+        role = ROLES.get(turn[role_key].strip().lower())
+        text = turn[text_key].strip()
+        if role is None:
+            raise DataError(f"{at}.{role_key}' is {turn[role_key]!r}; expected one of {sorted(ROLES)}")
+        if role == "system":
+            if n != 0:
+                raise DataError(f"{at}.{role_key}': a system turn may only come first")
+            system = text
+        elif role == "user":
+            if pending is not None:
+                raise DataError(f"{at}.{role_key}': two patient turns in a row (roles must alternate)")
+            if not text:
+                raise DataError(f"{at}.{text_key}' (patient turn) is empty")
+            pending = text
+        else:
+            if pending is None:
+                raise DataError(f"{at}.{role_key}': a doctor turn with no patient turn before it")
+            pairs.append((pending, text))
+            pending = None
+    if pending is not None:
+        return system, pairs, "conversation ends with a patient turn (no answer to learn)"
+    return system, pairs, None
+
+
 # ----------------------------------------------------------------------------- split
 
 
@@ -236,16 +333,16 @@ def normalize_query(text: str) -> str:
 def split_dialogues(
     dialogues: list[Dialogue], eval_fraction: float, seed: int
 ) -> tuple[list[Dialogue], list[Dialogue]]:
-    """Deterministic train/eval split by distinct query: no patient query lands in both."""
+    """Deterministic train/eval split by distinct first patient message: none lands in both."""
     groups: dict[str, list[Dialogue]] = {}
     for d in dialogues:
-        groups.setdefault(normalize_query(d.input), []).append(d)
+        groups.setdefault(normalize_query(d.first_query), []).append(d)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     n_eval = max(1, round(len(keys) * eval_fraction)) if len(keys) > 1 else 0
     eval_keys = set(keys[:n_eval])
-    train = [d for d in dialogues if normalize_query(d.input) not in eval_keys]
-    evals = [d for d in dialogues if normalize_query(d.input) in eval_keys]
+    train = [d for d in dialogues if normalize_query(d.first_query) not in eval_keys]
+    evals = [d for d in dialogues if normalize_query(d.first_query) in eval_keys]
     return train, evals
 
 
@@ -253,38 +350,131 @@ def split_dialogues(
 
 
 def format_prompt(query: str, template: str) -> str:
-    """The prompt the model sees; the answer follows it after one space."""
+    """The single-turn prompt, as the config's template spells it; the answer follows after one space.
+
+    The chat template below renders exactly this for one patient message (a test holds them equal).
+    """
     return template.format(query=query.strip())
 
 
-def format_conversation(query: str, template: str, history: list[tuple[str, str]] | None = None) -> str:
-    """A multi-turn prompt: earlier (query, answer) exchanges in the training template, then the query."""
-    turns = [format_prompt(q, template) + " " + a.strip() for q, a in history or []]
-    return "\n".join(turns + [format_prompt(query, template)])
+def template_parts(template: str) -> tuple[str, str, str]:
+    """(header, patient prefix, doctor prefix) of a prompt template.
+
+    The seed's template is a header line, the patient line and the doctor line:
+    `### The following is ...:\n` + `### Patient query: ` + {query} + `\n### Doctor opinion:`.
+    The header is everything before the line holding {query}; a conversation repeats the rest.
+    """
+    rendered = template.format(query="\x00")  # the template's own {{ }} escapes resolved
+    before, after = rendered.split("\x00", 1)
+    line_start = before.rfind("\n") + 1
+    return before[:line_start], before[line_start:], after
 
 
-def tokenize_pair(tokenizer: Any, prompt: str, answer: str, max_length: int) -> dict[str, Any]:
-    """Token ids for prompt + " " + answer + EOS, with labels only on the answer.
+def chat_template(template: str, bos_token: str | None = None) -> str:
+    """The conversation template, as Jinja for the tokenizer's `chat_template`.
 
-    Prompt and answer are tokenized separately so the label boundary is exact.
+    One patient message renders exactly `format_prompt`. A conversation: the header once (or a
+    system turn in its place, `### <system>`), then per exchange the patient line, the doctor line,
+    one space, the answer and the end-of-turn token (EOS, which training teaches the model to emit
+    after every answer), and a newline before the next patient line. `add_generation_prompt`
+    ends with the doctor line, where the model continues. With `bos_token`, every conversation
+    starts with it (for tokenizers that add a BOS to plain text: the prompt stays what training saw).
+    """
+    header, patient, doctor = template_parts(template)
+    marker = re.match(r"[^\w]*", header or patient).group()  # "### ": how the header line starts
+    q = json.dumps  # a JSON string is a valid Jinja string literal (escapes included)
+    return (
+        "{#- medbot conversation template, generated from the config's prompt_template -#}\n"
+        + ("{{- bos_token -}}\n" if bos_token else "")
+        + "{%- set ns = namespace(turns=0) -%}\n"
+        "{%- if messages and messages[0]['role'] == 'system' -%}\n"
+        f"{{{{- {q(marker)} + (messages[0]['content'] | trim) + {q(chr(10))} -}}}}\n"
+        "{%- else -%}\n"
+        f"{{{{- {q(header)} -}}}}\n"
+        "{%- endif -%}\n"
+        "{%- for message in messages -%}\n"
+        "{%- if message['role'] == 'user' -%}\n"
+        f"{{{{- ({q(chr(10))} if ns.turns > 0 else '') + {q(patient)} + (message['content'] | trim) -}}}}\n"
+        "{%- set ns.turns = ns.turns + 1 -%}\n"
+        "{%- elif message['role'] == 'assistant' -%}\n"
+        f"{{{{- {q(doctor)} + ' ' + (message['content'] | trim) + eos_token -}}}}\n"
+        "{%- elif message['role'] != 'system' or not loop.first -%}\n"
+        "{{- raise_exception('roles are system (first only), user and assistant, not ' + message['role']) -}}\n"
+        "{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        f"{{%- if add_generation_prompt -%}}{{{{- {q(doctor)} -}}}}{{%- endif -%}}\n"
+    )
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS before plain text (Llama does; Falcon and SmolLM2 do not)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def install_chat_template(tokenizer: Any, template: str) -> Any:
+    """Write the conversation template into the tokenizer (replacing the base model's), so that
+    `save_pretrained` ships it and any server applying the tokenizer's chat template prompts the
+    fine-tuned model as it was trained."""
+    tokenizer.chat_template = chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None)
+    return tokenizer
+
+
+def render_chat(tokenizer: Any, template: str, messages: list[dict[str, str]], *, generation: bool) -> str:
+    """The conversation as text through the chat template made from `template`; `generation`: end
+    with the doctor line for the model to continue. Tokenize it with `add_special_tokens=False`."""
+    tpl = chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=tpl, tokenize=False, add_generation_prompt=generation
+    )
+
+
+def chat_messages(
+    query: str, history: list[tuple[str, str]] | None = None, system: str = ""
+) -> list[dict[str, str]]:
+    """Chat messages for a new patient message after earlier (patient, doctor) exchanges."""
+    out = [{"role": "system", "content": system}] if system else []
+    for patient, doctor in history or []:
+        out += [{"role": "user", "content": patient}, {"role": "assistant", "content": doctor}]
+    return out + [{"role": "user", "content": query}]
+
+
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, max_length: int
+) -> dict[str, Any]:
+    """Token ids of a whole conversation, labels on every doctor answer (its leading space and the
+    EOS after it), -100 on everything else.
+
+    The conversation is rendered once and tokenized once (so its ids are the ids a server gets
+    for the same text); each answer's characters are found by rendering the conversation up to
+    it, and the tokens whose first character lies inside an answer are labelled.
 
     Returns:
-        input_ids, attention_mask, labels (-100 on the prompt), prompt_len, answer_len
-        (untruncated, EOS included) and truncated (bool).
+        input_ids, attention_mask, labels, prompt_len (tokens before the first label),
+        answer_len (labelled tokens) and total_len (both untruncated), truncated (bool).
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
-    answer_ids = answer_ids + [tokenizer.eos_token_id]
-    ids = prompt_ids + answer_ids
-    labels = [-100] * len(prompt_ids) + answer_ids
+    text = render_chat(tokenizer, template, messages, generation=False)
+    spans = []
+    for k, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = len(render_chat(tokenizer, template, messages[:k], generation=True))
+            end = len(render_chat(tokenizer, template, messages[: k + 1], generation=False))
+            spans.append((start, end))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    inside = [any(a <= first < b for a, b in spans) for first, _ in enc["offset_mapping"]]
+    labels = [t if keep else -100 for t, keep in zip(ids, inside)]
+    if ids and ids[-1] != tokenizer.eos_token_id:
+        raise ValueError("the chat template must end each answer with the EOS token")
+    prompt_len = inside.index(True) if any(inside) else len(ids)
     truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
     return {
-        "input_ids": ids,
-        "attention_mask": [1] * len(ids),
-        "labels": labels,
-        "prompt_len": len(prompt_ids),
-        "answer_len": len(answer_ids),
+        "input_ids": ids[:max_length],
+        "attention_mask": [1] * min(len(ids), max_length),
+        "labels": labels[:max_length],
+        "prompt_len": prompt_len,
+        "answer_len": sum(inside),
+        "total_len": len(ids),
         "truncated": truncated,
     }
 
@@ -292,15 +482,15 @@ def tokenize_pair(tokenizer: Any, prompt: str, answer: str, max_length: int) -> 
 def tokenize_dialogues(
     dialogues: list[Dialogue], tokenizer: Any, cfg: Any, name: str = "train"
 ) -> tuple[list[dict[str, Any]], DataReport]:
-    """Tokenize a split with `cfg.prompt_template`; over-long samples are truncated or dropped.
+    """Tokenize a split through the conversation template; over-long samples are truncated or dropped.
 
-    A sample whose prompt alone fills max_length leaves no answer to learn and is always
+    A sample whose first answer starts beyond max_length leaves nothing to learn and is always
     dropped; every drop and truncation is in the returned report.
     """
     report = DataReport(source=f"{name} split", records=len(dialogues))
     samples = []
     for d in dialogues:
-        s = tokenize_pair(tokenizer, format_prompt(d.input, cfg.prompt_template), d.output, cfg.max_length)
+        s = tokenize_conversation(tokenizer, d.messages(), cfg.prompt_template, cfg.max_length)
         if s["prompt_len"] >= cfg.max_length:
             report.drop(f"prompt alone exceeds max_length={cfg.max_length}", d.where)
         elif s["truncated"] and cfg.overlong == "drop":
@@ -363,7 +553,7 @@ def token_stats(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Length statistics of prompts, answers and whole samples (before truncation)."""
     prompts = [s["prompt_len"] for s in samples]
     answers = [s["answer_len"] for s in samples]
-    totals = [p + a for p, a in zip(prompts, answers)]
+    totals = [s["total_len"] for s in samples]
     stats = {"prompt": length_stats(prompts), "answer": length_stats(answers), "sample": length_stats(totals)}
     stats["sample"]["fraction_truncated"] = (
         sum(s["truncated"] for s in samples) / len(samples) if samples else 0.0
@@ -391,7 +581,7 @@ def plot_length_histogram(
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for split, samples in samples_by_split.items():
-        lengths = [s["prompt_len"] + s["answer_len"] for s in samples]
+        lengths = [s["total_len"] for s in samples]
         ax.hist(lengths, bins=40, alpha=0.6, label=f"{split} ({len(lengths)})")
     ax.axvline(max_length, color="k", linestyle="--", label=f"max_length={max_length}")
     ax.set(xlabel="tokens per sample (prompt + answer + EOS)", ylabel="samples", title="Token lengths")

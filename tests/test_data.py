@@ -195,3 +195,66 @@ def test_hf_dataset_path_through_datasets(tmp_path):
     rows, report = load_dialogues(f"hf:{folder}")
     assert [(r.input, r.output) for r in rows] == [("Q1", "A1")]
     assert report.dropped == {"empty answer": [f"hf:{folder} record 1"]}
+
+
+# ---------------------------------------------------------------- conversations (OpenAI messages, ShareGPT)
+
+
+def test_openai_messages_and_sharegpt_conversations_multi_turn(tmp_path):
+    openai = {"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": " My ear hurts. "}, {"role": "assistant", "content": "Since when?"},
+                           {"role": "user", "content": "Two days."}, {"role": "assistant", "content": "See your GP."}]}  # fmt: skip
+    sharegpt = {"conversations": [{"from": "human", "value": "I sneeze a lot."}, {"from": "gpt", "value": "Try an antihistamine."}]}  # fmt: skip
+    for name, text in (
+        ("d.jsonl", jsonl([openai, sharegpt])),
+        ("d.json", json.dumps([openai, sharegpt], indent=1)),
+    ):
+        rows, report = load_dialogues(write(tmp_path / name, text))
+        assert report.kept == 2 and not report.dropped
+        ear, sneeze = rows
+        assert (ear.system, ear.history, ear.input, ear.output) == (
+            "Be brief.", [("My ear hurts.", "Since when?")], "Two days.", "See your GP.")  # fmt: skip
+        assert ear.first_query == "My ear hurts." and [m["role"] for m in ear.messages()] == [
+            "system", "user", "assistant", "user", "assistant"]  # fmt: skip
+        assert (sneeze.history, sneeze.input, sneeze.output, sneeze.system) == ([], "I sneeze a lot.", "Try an antihistamine.", "")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "turns, expected",
+    [
+        ([{"role": "assistant", "content": "Hi"}], "messages[0].role': a doctor turn with no patient turn before it"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "messages[1].role': two patient turns in a row"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "messages[1].role': a system turn may only come first"),
+        ([{"role": "nurse", "content": "a"}], "messages[0].role' is 'nurse'"),
+        ([{"role": "user", "content": "  "}], "messages[0].content' (patient turn) is empty"),
+        ([{"role": "user"}], "messages[0].content' is missing or not a string"),
+        (["hello"], "messages[0]' must be an object"),
+        ([], "field 'messages' must be a non-empty list"),
+    ],
+)  # fmt: skip
+def test_conversation_errors_name_file_line_and_turn(tmp_path, turns, expected):
+    f = write(tmp_path / "c.jsonl", jsonl([{"input": "fine", "output": "ok"}, {"messages": turns}]))
+    with pytest.raises(DataError) as e:
+        load_dialogues(f)
+    assert f"{f}:2: field '" in str(e.value) and expected in str(e.value)
+
+
+def test_conversation_drops_are_reported_and_the_split_keys_on_the_first_message(tmp_path):
+    def convo(*texts):
+        roles = ["user", "assistant"] * len(texts)
+        return {"messages": [{"role": r, "content": t} for r, t in zip(roles, texts)]}
+
+    rows = [convo("Q1", "A1", "Q2"), convo("Q1", "", "Q2", "A2"), convo("Q3", "A3"), convo("Q3", "A3"),
+            convo("Q1", "A1", "Q2", "A2"), convo("Q1", "A1", "Q9", "A9")]  # fmt: skip
+    f = write(tmp_path / "c.jsonl", jsonl(rows))
+    dialogues, report = load_dialogues(f)
+    assert report.dropped == {
+        "conversation ends with a patient turn (no answer to learn)": [f"{f}:1"],
+        "empty answer": [f"{f}:2"],
+        "exact duplicate": [f"{f}:4"],
+    }
+    assert report.kept == len(dialogues) == 3
+    for seed in range(5):  # both conversations opening with Q1 land on the same side
+        train, evals = split_dialogues(dialogues, eval_fraction=0.5, seed=seed)
+        sides = {d.output: d in evals for d in dialogues}
+        assert sides["A2"] == sides["A9"] and len(train) + len(evals) == 3

@@ -78,11 +78,11 @@ def test_answer_perplexity_matches_a_direct_computation(tiny):
         Dialogue("My knee hurts after running.", "Ice it.", "t:2"),
     ]
     ppl = answer_perplexity(model, tok, cfg, d, batch=2)
-    from medbot_utils import format_prompt, tokenize_pair
+    from medbot_utils import tokenize_conversation
 
     total, n = 0.0, 0
     for x in d:
-        s = tokenize_pair(tok, format_prompt(x.input, cfg.prompt_template), x.output, cfg.max_length)
+        s = tokenize_conversation(tok, x.messages(), cfg.prompt_template, cfg.max_length)
         ids = torch.tensor([s["input_ids"]])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)

@@ -147,3 +147,19 @@ def test_resume_refuses_checkpoints_of_a_different_run(tiny_cfg, tokenizer):
         run(first.replace(max_steps=4, data_path="other.jsonl"))
     run(first.replace(max_steps=4))  # extending the same run resumes
     assert read_metrics(f"{first.logs_dir}/metrics.jsonl")[-1]["step"] == 4
+
+
+def test_report_to_picks_trackers_and_refuses_missing_or_unknown_ones(tiny_cfg, monkeypatch):
+    import importlib.util
+
+    import medbot_train
+    from medbot_train import trackers
+
+    assert trackers(tiny_cfg) == ["none"]  # TensorBoard is the default, added as our own callback
+    with pytest.raises(ValueError, match="not supported"):
+        tiny_cfg.replace(report_to=["comet"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(medbot_train.importlib.util, "find_spec", lambda name: real("json") if name == "wandb" else None if name == "mlflow" else real(name))  # fmt: skip
+    assert trackers(tiny_cfg.replace(report_to=["tensorboard", "wandb"])) == ["wandb"]
+    with pytest.raises(ValueError, match=r"\['mlflow'\] not installed"):
+        trackers(tiny_cfg.replace(report_to=["mlflow"]))

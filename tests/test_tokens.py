@@ -9,14 +9,22 @@ from medbot_config import PROMPT_TEMPLATE, reference
 from medbot_utils import (
     DataCollator,
     Dialogue,
+    chat_messages,
     format_prompt,
     format_stats_table,
     length_stats,
     plot_length_histogram,
+    render_chat,
     token_stats,
+    tokenize_conversation,
     tokenize_dialogues,
-    tokenize_pair,
 )
+
+
+def tokenize_pair(tokenizer, query, answer, max_length):
+    """One exchange through the conversation template, as training tokenizes it."""
+    messages = chat_messages(query) + [{"role": "assistant", "content": answer}]
+    return tokenize_conversation(tokenizer, messages, PROMPT_TEMPLATE, max_length)
 
 
 def test_prompt_is_the_seed_template():
@@ -29,7 +37,7 @@ def test_prompt_is_the_seed_template():
 
 def test_labels_cover_only_the_answer_and_eos(tokenizer):
     prompt = format_prompt("My head hurts.", PROMPT_TEMPLATE)
-    s = tokenize_pair(tokenizer, prompt, "Drink water.", max_length=512)
+    s = tokenize_pair(tokenizer, "My head hurts.", "Drink water.", max_length=512)
     n = s["prompt_len"]
     assert tokenizer.decode(s["input_ids"][:n]) == prompt
     assert s["labels"][:n] == [-100] * n
@@ -40,17 +48,15 @@ def test_labels_cover_only_the_answer_and_eos(tokenizer):
 
 
 def test_truncation_is_flagged_and_keeps_the_prompt(tokenizer):
-    prompt = format_prompt("Q", PROMPT_TEMPLATE)
-    s = tokenize_pair(tokenizer, prompt, "x" * 300, max_length=150)
+    s = tokenize_pair(tokenizer, "Q", "x" * 300, max_length=150)
     assert s["truncated"] and len(s["input_ids"]) == len(s["labels"]) == 150
-    assert s["answer_len"] == 302  # lengths are reported before truncation
+    assert s["answer_len"] == 302 and s["total_len"] == s["prompt_len"] + 302  # before truncation
     assert s["labels"][: s["prompt_len"]] == [-100] * s["prompt_len"]
 
 
 def test_collator_masks_padding_by_position_even_when_pad_is_eos(tokenizer):
-    prompt = format_prompt("Q", PROMPT_TEMPLATE)
-    short = tokenize_pair(tokenizer, prompt, "ok", 512)
-    long = tokenize_pair(tokenizer, prompt, "a longer answer", 512)
+    short = tokenize_pair(tokenizer, "Q", "ok", 512)
+    long = tokenize_pair(tokenizer, "Q", "a longer answer", 512)
     batch = DataCollator(tokenizer.pad_token_id)([short, long])
     assert batch["input_ids"].shape == batch["labels"].shape == (2, len(long["input_ids"]))
     pad = len(long["input_ids"]) - len(short["input_ids"])
@@ -104,10 +110,10 @@ def test_length_stats_known_values():
 
 def test_token_stats_per_part_and_truncation_fraction():
     samples = [
-        {"prompt_len": 10, "answer_len": 5, "truncated": False},
-        {"prompt_len": 20, "answer_len": 600, "truncated": True},
-        {"prompt_len": 30, "answer_len": 15, "truncated": False},
-        {"prompt_len": 40, "answer_len": 25, "truncated": False},
+        {"prompt_len": 10, "answer_len": 5, "total_len": 15, "truncated": False},
+        {"prompt_len": 20, "answer_len": 600, "total_len": 620, "truncated": True},
+        {"prompt_len": 30, "answer_len": 15, "total_len": 45, "truncated": False},
+        {"prompt_len": 40, "answer_len": 25, "total_len": 65, "truncated": False},
     ]
     stats = token_stats(samples)
     assert stats["prompt"]["mean"] == 25 and stats["answer"]["max"] == 600
@@ -118,6 +124,76 @@ def test_token_stats_per_part_and_truncation_fraction():
 
 
 def test_histogram_png_is_written(tmp_path):
-    samples = [{"prompt_len": p, "answer_len": 2 * p, "truncated": False} for p in range(5, 60)]
+    samples = [
+        {"prompt_len": p, "answer_len": 2 * p, "total_len": 3 * p, "truncated": False} for p in range(5, 60)
+    ]
     path = plot_length_histogram({"train": samples, "eval": samples[:5]}, 128, tmp_path / "logs" / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------- the conversation template
+
+
+def three_turns():
+    history = [("I have a cough.", "How long for?"), ("Two weeks, worse at night.", "Any fever?")]
+    return chat_messages("No fever.", history), "See your GP this week."
+
+
+def test_chat_template_single_turn_is_the_seed_prompt_and_turns_end_with_eos(tokenizer):
+    from medbot_utils import install_chat_template
+
+    prompt, answer = three_turns()
+    assert render_chat(tokenizer, PROMPT_TEMPLATE, prompt[:1], generation=True) == format_prompt(
+        "I have a cough.", PROMPT_TEMPLATE
+    )
+    text = render_chat(tokenizer, PROMPT_TEMPLATE, prompt, generation=True)
+    assert text == (
+        "### The following is a doctor's opinion on a patient's query:\n"
+        "### Patient query: I have a cough.\n### Doctor opinion: How long for?<eos>\n"
+        "### Patient query: Two weeks, worse at night.\n### Doctor opinion: Any fever?<eos>\n"
+        "### Patient query: No fever.\n### Doctor opinion:"
+    )
+    system = render_chat(tokenizer, PROMPT_TEMPLATE, [{"role": "system", "content": "Be kind."}, *prompt[:1]], generation=True)  # fmt: skip
+    assert system == "### Be kind.\n### Patient query: I have a cough.\n### Doctor opinion:"
+    # installed into the tokenizer: what transformers' apply_chat_template renders is the same text
+    tok = install_chat_template(tokenizer.__class__.from_pretrained(_saved(tokenizer)), PROMPT_TEMPLATE)
+    assert tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == text
+    with pytest.raises(Exception, match="roles are"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def _saved(tokenizer):
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["bytes", "smollm2"])
+def test_three_turn_training_ids_begin_with_the_serving_prompt_and_learn_every_answer(tokenizer, which):
+    if which == "smollm2":  # a real BPE tokenizer (merges across the answer boundary would show here)
+        from transformers import AutoTokenizer
+
+        from medbot_model import embedded_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    prompt, answer = three_turns()
+    sample = tokenize_conversation(
+        tokenizer, prompt + [{"role": "assistant", "content": answer}], PROMPT_TEMPLATE, 512
+    )
+    serving = tokenizer(
+        render_chat(tokenizer, PROMPT_TEMPLATE, prompt, generation=True), add_special_tokens=False
+    )
+    n = len(serving["input_ids"])
+    assert sample["input_ids"][:n] == serving["input_ids"]
+    learned = [t for t, label in zip(sample["input_ids"], sample["labels"]) if label != -100]
+    eos = tokenizer.eos_token
+    assert tokenizer.decode(learned) == f" How long for?{eos} Any fever?{eos} {answer}{eos}"
+    assert sample["labels"][n:] == sample["input_ids"][n:]  # the last answer is learned whole
+    patient_lines = tokenizer("### Patient query: Two weeks, worse at night.", add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert (
+        not any(label != -100 for label in sample["labels"][:2]) and patient_lines
+    )  # patients never learned

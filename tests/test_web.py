@@ -31,7 +31,7 @@ from medbot_chat import (
     strip_reply,
 )
 from medbot_safety import EMERGENCY_ADVICE, check_answer, hold_sentence
-from medbot_utils import format_conversation
+from medbot_utils import chat_messages, render_chat
 
 
 class ScriptedModel:
@@ -123,7 +123,9 @@ def test_stream_triage_and_history(tokenizer, tiny_chat):
     list(stream)
     assert stream.triage.emergency and stream.reply.text.startswith(EMERGENCY_ADVICE)
     history = [("My knee hurts.", "Rest it."), ("Since yesterday.", "Use ice.")]
-    one_turn = format_conversation("And now?", cfg.prompt_template, history[1:])
+    one_turn = render_chat(
+        tokenizer, cfg.prompt_template, chat_messages("And now?", history[1:]), generation=True
+    )
     fits_one = cfg.replace(gen_max_length=2 * len(tokenizer(one_turn)["input_ids"]) + 2)
     stream = respond_stream(model, tokenizer, fits_one, "And now?", history=history)
     list(stream)
@@ -562,8 +564,11 @@ def test_history_sent_back_puts_no_safety_text_into_the_prompt(kind_server, toke
     assert r.status_code == 200, r.text
     list(page_turn(server, "And now?", messages, 0.7, 0.95, 5))  # the chat page's history, as Gradio sends it
     api_prompt, page_prompt = server.model.prompts
-    expected = format_conversation(
-        "And now?", roomy.prompt_template, [(q, answer) for q, _, answer in history]
+    expected = render_chat(
+        server.tokenizer,
+        roomy.prompt_template,
+        chat_messages("And now?", [(q, answer) for q, _, answer in history]),
+        generation=True,
     )
     assert api_prompt == page_prompt == expected
     banners = [EMERGENCY_BANNER.split("{")[0].strip(), URGENT_BANNER.split("{")[0].strip()]
