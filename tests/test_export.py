@@ -1,9 +1,10 @@
-"""Export: LoRA merged into dense weights (a 4-bit base dequantized), verified, loadable without peft."""
+"""Export: LoRA merged into dense weights (a 4-bit base dequantized), verified, loadable without peft; GGUF and Ollama."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from medbot_export import export
@@ -52,7 +53,6 @@ def test_export_in_bf16_stays_within_the_stated_tolerance(tiny_cfg, tokenizer, t
 
 def test_a_wrong_merge_is_caught(tiny_cfg, tokenizer, tmp_path, monkeypatch):
     """If the delta were added twice, the per-layer comparison must refuse to save."""
-    import pytest
 
     import medbot_export
 
@@ -118,3 +118,102 @@ def test_chat_merges_into_the_weights_the_export_and_training_used(tiny_cfg, tok
     assert all(type(m).__name__ == "Linear" for n, m in chat_model.named_modules() if n.endswith("dense"))
     torch.testing.assert_close(chat, saved, atol=1e-5, rtol=1e-5)
     assert (chat - original).abs().max() > 1e-3  # the 4-bit rounding the adapter was trained against
+
+
+# ---------------------------------------------------------------- GGUF for llama.cpp and Ollama
+
+
+def gguf_ready_export(tmp_path, arch: str):
+    """A merged export folder as `export` writes it, tiny and random, with SmolLM2's real BPE
+    tokenizer (llama.cpp's converter recognises its pre-tokenizer; the byte-level test tokenizer it
+    would refuse) carrying medbot's chat template."""
+    from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from medbot_config import reference
+    from medbot_export import fix_falcon_kv_heads
+    from medbot_model import embedded_model_dir
+    from medbot_utils import install_chat_template
+
+    cfg = reference()
+    tok = install_chat_template(AutoTokenizer.from_pretrained(embedded_model_dir()), cfg.prompt_template)
+    ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(0)
+    if arch == "falcon":  # Falcon-7B's layout: multi-query, parallel attention, no bias
+        model = FalconForCausalLM(FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
+                                               parallel_attn=True, bias=False, alibi=False, **ids))  # fmt: skip
+        fix_falcon_kv_heads(model.config)
+    else:  # SmolLM2's layout
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, tie_word_embeddings=True, **ids))  # fmt: skip
+    folder = tmp_path / arch
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg.replace(model_name=str(folder), load_in_4bit=False).save(folder / "medbot_config.json")
+    return folder, tok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, types", [("falcon", ["q8_0", "f16"]), ("llama", ["q8_0"])])
+def test_gguf_export_round_trips_with_template_stops_and_modelfile(tmp_path, arch, types, monkeypatch):
+    import gguf
+
+    import medbot_export
+    from medbot_export import GGUF_TOLERANCE, export_gguf
+
+    folder, tok = gguf_ready_export(tmp_path, arch)
+    checks = export_gguf(folder, types)
+    assert list(checks) == [f"medbot.{t}.gguf" for t in types]
+    for name, check in checks.items():  # loaded back through transformers' gguf_file=, three prompts
+        assert check["max_rel_diff"] <= GGUF_TOLERANCE[check["type"]]
+        reader = gguf.GGUFReader(folder / name)
+        field = {f.name: f.contents() for f in reader.fields.values()}
+        assert field["general.architecture"] == arch
+        assert field["tokenizer.chat_template"] == tok.chat_template
+        assert (
+            field["medbot.stop_sequences"] == ["###"]
+            and "not for medical use" in field["general.description"]
+        )
+    assert checks["medbot.q8_0.gguf"]["max_rel_diff"] > 0  # really quantized
+    modelfile = (folder / "Modelfile").read_text()
+    assert "FROM ./medbot.q8_0.gguf" in modelfile and 'PARAMETER stop "###"' in modelfile
+    assert f"PARAMETER stop {json.dumps(tok.eos_token)}" in modelfile and "PARAMETER top_k 50" in modelfile
+    assert not list(folder.glob("*.converted.gguf"))
+    if arch == "falcon":  # a file outside the tolerance is refused and removed
+        monkeypatch.setitem(medbot_export.GGUF_TOLERANCE, "f16", 1e-9)  # f16 rounds: over it
+        with pytest.raises(RuntimeError, match="logits differ"):
+            export_gguf(folder, ["f16"])
+        assert not (folder / "medbot.f16.gguf").exists()
+
+
+def test_ollama_template_renders_what_the_chat_template_renders(tokenizer):
+    """The Modelfile's TEMPLATE, executed by Go's text/template (Ollama's engine), gives the text
+    the Jinja chat template gives, for a 3-turn conversation, a system turn and a finished turn."""
+    import os
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    from medbot_config import PROMPT_TEMPLATE
+    from medbot_export import ollama_template
+    from medbot_utils import chat_messages, render_chat
+
+    if shutil.which("go") is None:
+        if os.environ.get("MEDBOT_REQUIRE_GO"):
+            raise AssertionError("go is required here (apt-get install golang-go)")
+        pytest.skip("needs Go (apt-get install golang-go) to run Ollama's template engine")
+    template = ollama_template(PROMPT_TEMPLATE, tokenizer.eos_token)
+    cases = [
+        chat_messages("No fever.", [("I have a cough.", "How long for?"), ("Two weeks.", "Any fever?")]),
+        [{"role": "system", "content": "Answer briefly."}, *chat_messages("My ear hurts.")],
+        [*chat_messages("Hi"), {"role": "assistant", "content": "Hello, what brings you here?"}],
+    ]
+    for messages in cases:
+        run = subprocess.run(["go", "run", str(ROOT / "tests" / "tools" / "gotemplate.go")], capture_output=True,
+                             text=True, input=json.dumps({"template": template, "messages": messages}), check=True)  # fmt: skip
+        expected = render_chat(
+            tokenizer, PROMPT_TEMPLATE, messages, generation=messages[-1]["role"] == "user"
+        )
+        assert run.stdout == expected
+    with pytest.raises(ValueError, match="Go templates"):
+        ollama_template("### Q {{{{x}}}}: {query}", "<eos>")
