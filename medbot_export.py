@@ -4,6 +4,8 @@
     vllm serve falcon-patient-chatbot/merged         # or TGI: --model-id falcon-patient-chatbot/merged
     python medbot_export.py --adapter ... --out ... --gguf q8_0,f16   # + GGUF files and an Ollama Modelfile
     ollama create medbot -f falcon-patient-chatbot/merged/Modelfile
+    python medbot_export.py --adapter ... --out ... --push you/medbot-falcon-7b   # + model card, upload
+    python medbot_export.py --adapter ... --push you/medbot-adapter --adapter-only  # the adapter alone
 
 A QLoRA adapter was trained against the *dequantized* 4-bit base, so that is what it is merged
 into: each 4-bit layer is dequantized, its LoRA delta (B @ A * alpha/r) added, and the result
@@ -21,15 +23,21 @@ a subprocess. medbot then adds its own keys (stop sequences, sampling, the confi
 medical-use notice), loads the GGUF back through transformers (`gguf_file=`) and compares its
 logits with the merged model's on the check prompts; a file outside the tolerance is deleted.
 The Ollama `Modelfile` carries the same conversation template in Ollama's Go-template syntax.
+
+Publishing: `model_card` writes the folder's README.md (base model, data files with their hashes
+and licences, the recipe, the evaluation and export checks, the safety layer's role and limits, the
+not-for-medical-use statement), generated offline; the upload is huggingface_hub's `upload_folder`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,8 @@ from torch import nn
 from medbot_config import CONFIG_FILE, MedbotConfig
 from medbot_utils import chat_messages, render_chat, template_parts
 
+CARD_FACTS = Path(__file__).resolve().parent / "data" / "model_card.toml"
+TRAINING_CONFIG = "medbot_training_config.json"  # an export's copy of the adapter's config
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Largest allowed |difference| relative to the largest |value|, per merged layer (its output on
 # random inputs vs the 4-bit + LoRA layer's) and for the whole model's logits. fp32 merges are exact
@@ -176,6 +186,7 @@ def export(adapter_dir: str | Path, out_dir: str | Path, dtype: str | None = Non
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     cfg.replace(model_name=str(out), load_in_4bit=False).save(out / CONFIG_FILE)  # chat's template travels
+    cfg.save(out / TRAINING_CONFIG)  # the recipe as trained (base model, 4-bit), for the model card
     (out / "export_check.json").write_text(json.dumps(check, indent=2))
     return check
 
@@ -338,6 +349,171 @@ NOTICE = (
 )
 
 
+# ----------------------------------------------------------------------------- model card and upload
+
+
+def publish(
+    folder: str | Path, repo_id: str, *, private: bool = True, eval_results: str | Path | None = None
+) -> str:
+    """Write the model card into `folder` and upload the folder to the Hub (private by default).
+
+    Returns the URL of the commit. The card is written (and can be read) before anything is sent.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    (folder / "README.md").write_text(model_card(folder, eval_results))
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="medbot export",
+                               ignore_patterns=["*.converted.gguf"])  # fmt: skip
+    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+
+
+def model_card(folder: str | Path, eval_results: str | Path | None = None) -> str:
+    """The model card (README.md with Hub metadata) of an adapter or merged export folder.
+
+    Args:
+        folder: what `save_adapter` or `export` wrote (medbot_config.json inside).
+        eval_results: evaluate.py's eval_results.json; default `<logs_dir>/eval_results.json` if
+            it exists. Without one the card says the model was not evaluated.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    trained = folder / TRAINING_CONFIG  # a merged export: its own config loads itself, this one says how
+    cfg = MedbotConfig.load(trained if trained.is_file() else folder)
+    facts = tomllib.loads(CARD_FACTS.read_text(encoding="utf-8"))
+    adapter = (folder / "adapter_config.json").exists()
+    base = facts["hub_id"].get(cfg.model_name, cfg.model_name)
+    licence = facts["base_model_licence"].get(base)
+    ggufs = sorted(p.name for p in folder.glob("medbot.*.gguf"))
+    tags = ["medical", "medbot", "not-for-clinical-use", "qlora" if cfg.load_in_4bit else "lora"]
+    data = ModelCardData(
+        license=licence or "other",
+        base_model=base if "/" in base and not Path(base).exists() else None,  # a Hub id, not a local path
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation",
+        tags=tags + (["gguf"] if ggufs else []),
+    )
+    sections = [
+        f"# medbot: {base} fine-tuned for doctor–patient consultations",
+        "> **Not for medical use.** A research and education model: it does not diagnose or treat and "
+        "its answers can be wrong or dangerous. In an emergency call your local emergency number.",
+        _card_model(folder, cfg, base, licence, adapter, ggufs),
+        _card_data(cfg, facts),
+        _card_recipe(cfg),
+        _card_evaluation(folder, cfg, eval_results),
+        _card_safety(),
+        _card_licences(cfg, base, licence, facts),
+    ]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"))
+
+
+def _card_model(
+    folder: Path, cfg: MedbotConfig, base: str, licence: str | None, adapter: bool, ggufs: list[str]
+) -> str:
+    kind = (
+        "a LoRA adapter (PEFT) for the base model"
+        if adapter
+        else "the base model with the LoRA weights merged in"
+    )
+    lines = [
+        "## Model",
+        "",
+        f"- Base model: `{base}` (licence: {licence or 'not recorded'})",
+        f"- This repository: {kind}",
+    ]
+    if ggufs:
+        lines.append(
+            f"- GGUF files for llama.cpp and Ollama: {', '.join(f'`{g}`' for g in ggufs)} (with a `Modelfile`)"
+        )
+    lines += [
+        "- Prompt: medbot's conversation template, saved as the tokenizer's chat template "
+        "(`chat_template.jinja`); apply it and the model is prompted as in training:",
+        "", "```text", cfg.prompt_template.format(query="<the patient's message>") + " <answer><eos>", "```",
+        "", f"- Sampling used in training's evaluation: temperature {cfg.temperature}, top_k {cfg.top_k}, "
+        f"top_p {cfg.top_p}; stop at EOS or {', '.join(repr(s) for s in cfg.stop_sequences)}.",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _card_data(cfg: MedbotConfig, facts: dict) -> str:
+    path = Path(cfg.data_path)
+    lines = ["## Training data", "", "| file | sha256 | licence |", "|---|---|---|"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "(not a local file)"
+    lines.append(
+        f"| `{path.name}` | `{digest}` | {facts['data_licence'].get(path.name, 'licence not recorded')} |"
+    )
+    lines += [
+        "",
+        f"Split: {cfg.eval_fraction:.0%} of distinct first patient messages held out for evaluation (seed {cfg.seed}).",
+    ]
+    return "\n".join(lines)
+
+
+def _card_recipe(cfg: MedbotConfig) -> str:
+    r = cfg
+    lines = ["## Recipe", "",
+             f"{'QLoRA (4-bit NF4' + (', double quantization' if r.double_quant else '') + ')' if r.load_in_4bit else 'LoRA'}: "
+             f"rank {r.lora_r}, alpha {r.lora_alpha}, dropout {r.lora_dropout} on {', '.join(r.target_modules or ['every linear layer'])}; "
+             f"batch {r.batch_size} × {r.grad_accum} accumulation, learning rate {r.learning_rate}, {r.max_steps} steps, "
+             f"max length {r.max_length}{', packed rows of ' + str(r.pack_tokens) if r.packing else ''}.",
+             "", "<details><summary>The full config (medbot_config.json)</summary>", "", "```json",
+             json.dumps(cfg.__dict__, indent=2), "```", "", "</details>"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _card_evaluation(folder: Path, cfg: MedbotConfig, eval_results: str | Path | None) -> str:
+    path = Path(eval_results) if eval_results else Path(cfg.logs_dir) / "eval_results.json"
+    lines = ["## Evaluation", ""]
+    if path.is_file():
+        results = json.loads(path.read_text())
+        lines += ["Base vs fine-tuned on held-out questions (medbot's `evaluate.py`; same questions, same sampling seed):", "",
+                  "| set | n | perplexity base → fine-tuned | " + " | ".join(METRIC_COLUMNS) + " |",
+                  "|---|---|---|" + "---|" * len(METRIC_COLUMNS)]  # fmt: skip
+        for name, r in results.get("sets", {}).items():
+            cells = [
+                f"{r['base'].get(m, float('nan')):.3f} → {r['finetuned'].get(m, float('nan')):.3f}"
+                for m in METRIC_COLUMNS
+            ]
+            lines.append(f"| {name} | {r.get('n', '?')} | {r['base']['perplexity']:.2f} → {r['finetuned']['perplexity']:.2f} | " + " | ".join(cells) + " |")  # fmt: skip
+    else:
+        lines.append("Not evaluated yet: run `python evaluate.py --adapter <adapter>` and publish again.")
+    for name in ("export_check.json", "gguf_check.json"):
+        if (folder / name).is_file():
+            lines += ["", f"`{name}` (the merged or converted model against the adapter model, logits on check prompts):",
+                      "", "```json", (folder / name).read_text().strip(), "```"]  # fmt: skip
+    return "\n".join(lines)
+
+
+METRIC_COLUMNS = ("rouge_l", "bleu", "similarity")  # evaluate.py's answer metrics
+
+
+def _card_safety() -> str:
+    return "\n".join([
+        "## Safety layer: its role and its limits", "",
+        "medbot's chat path (notebook, web app, API) triages every patient message before the model answers "
+        "(rules plus a small learned classifier: emergency, urgent, crisis, routine; emergency and crisis advice "
+        "comes first) and checks every answer after (dangerous doses, stopping prescribed medicines, "
+        "impersonating a clinician, certainty, dismissing an emergency), rewriting what fails.",
+        "**The safety layer is code, not part of these weights.** Served any other way (transformers, vLLM, "
+        "llama.cpp, Ollama) the model answers without it. The layer itself misses emergencies written in ways "
+        "it has not seen and raises false alarms; its measured recall and false-alarm rates are in the medbot "
+        "README. Nothing here is clinically validated.",
+    ])  # fmt: skip
+
+
+def _card_licences(cfg: MedbotConfig, base: str, licence: str | None, facts: dict) -> str:
+    name = Path(cfg.data_path).name
+    return "\n".join([
+        "## Licences", "",
+        f"- Weights: derived from `{base}`, licence {licence or 'not recorded: check the base model card'}.",
+        f"- Training data `{name}`: {facts['data_licence'].get(name, 'licence not recorded: check its source')}.",
+        "- Use: research and education only; not a medical device and not for medical use.",
+    ])  # fmt: skip
+
+
 def fix_falcon_kv_heads(config: Any) -> None:
     """Falcon-7B's layout (multi-query, old decoder) has one key/value head, but transformers saves
     `num_kv_heads` = the query heads (71), which it ignores and converters (llama.cpp's) believe."""
@@ -367,6 +543,8 @@ def main() -> None:
         for name, gguf_check in export_gguf(args.out, types).items():
             print(f"{name}: {json.dumps(gguf_check)}")
         print(f"Ollama: ollama create medbot -f {Path(args.out) / 'Modelfile'}")
+    if args.push:
+        print(publish(args.out, args.push, private=not args.public, eval_results=args.eval_results))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT
 
 from medbot_export import export
 from medbot_model import add_lora, load_base_model
 from medbot_train import save_adapter
+
+ROOT_DATA = ROOT / "data"
 
 
 def _trained_looking_adapter(cfg, tokenizer):
@@ -217,3 +220,74 @@ def test_ollama_template_renders_what_the_chat_template_renders(tokenizer):
         assert run.stdout == expected
     with pytest.raises(ValueError, match="Go templates"):
         ollama_template("### Q {{{{x}}}}: {query}", "<eos>")
+
+
+# ---------------------------------------------------------------- model card and upload
+
+
+def test_model_card_of_an_export_names_base_data_recipe_checks_safety_and_licences(
+    tiny_cfg, tokenizer, tmp_path
+):
+    import hashlib
+
+    from huggingface_hub import ModelCard
+
+    from medbot_export import model_card
+
+    cfg = tiny_cfg.replace(data_path=str(ROOT_DATA / "sample_dialogues.jsonl"))
+    adapter = _trained_looking_adapter(cfg, tokenizer)
+    out = tmp_path / "merged"
+    export(adapter, out, "fp32")
+    results = tmp_path / "eval_results.json"
+    results.write_text(json.dumps({"sets": {"held-out": {"n": 12, "base": {"perplexity": 9.5, "rouge_l": 0.1, "bleu": 1.0, "similarity": 0.4},
+                                                         "finetuned": {"perplexity": 6.25, "rouge_l": 0.2, "bleu": 2.0, "similarity": 0.5}}}}))  # fmt: skip
+    text = model_card(out, results)
+    card = ModelCard(text)  # parses: the Hub metadata block is valid YAML
+    assert card.data.library_name == "transformers" and "not-for-clinical-use" in card.data.tags
+    digest = hashlib.sha256((ROOT_DATA / "sample_dialogues.jsonl").read_bytes()).hexdigest()
+    for expected in ("Not for medical use", f"`{digest}`", "written for medbot", f"QLoRA (4-bit NF4, double quantization): rank {cfg.lora_r}",
+                     "| held-out | 12 | 9.50 → 6.25 | 0.100 → 0.200", "export_check.json", "code, not part of these weights",
+                     str(tiny_cfg.model_name)):  # fmt: skip
+        assert expected in text, expected
+    assert "Not evaluated yet" in model_card(adapter, tmp_path / "missing.json")  # no results: said so
+    assert ModelCard(model_card(adapter)).data.library_name == "peft"
+
+
+def test_model_card_names_the_hub_base_of_the_embedded_default_and_its_licence(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from medbot_config import EMBEDDED_MODEL, reference
+    from medbot_export import model_card
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    reference().replace(
+        model_name=EMBEDDED_MODEL, data_path="../shared/data/dialogue/genmedgpt5k.jsonl"
+    ).save(tmp_path / "medbot_config.json")
+    card = ModelCard(model_card(tmp_path))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert "research use only" in card.text  # the data file's licence note
+
+
+def test_publish_writes_the_card_then_uploads_the_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from medbot_config import reference
+    from medbot_export import publish
+
+    calls = []
+
+    class FakeApi:  # the network boundary: huggingface_hub's own calls, recorded
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw["repo_id"], kw))
+            assert (tmp_path / "README.md").read_text().startswith("---")  # the card is there before upload
+            return "https://huggingface.co/me/medbot/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    reference().save(tmp_path / "medbot_config.json")
+    assert publish(tmp_path, "me/medbot").endswith("/commit/abc")
+    assert calls[0] == ("create_repo", "me/medbot", {"private": True, "exist_ok": True})
+    assert calls[1][2]["folder_path"] == str(tmp_path)
