@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+csv.field_size_limit(2**31 - 1)  # long answers are data, not errors (the default stops at 128 KiB)
 
 # Field names of common dialogue shapes, tried in this order (matched case-insensitively).
 # `input` wins over `instruction`: in ChatDoctor/medAlpaca data the instruction is a fixed
@@ -120,6 +121,8 @@ def load_dialogues(
         records = _read_hub_dataset(source[3:])
     else:
         records = _read_file(Path(source))
+    if not records:
+        raise DataError(f"{source}: no records (the file is empty or holds only a header)")
     report = DataReport(source=source, records=len(records))
     dialogues: list[Dialogue] = []
     seen: set[tuple] = set()
@@ -165,13 +168,18 @@ def _read_file(path: Path) -> list[tuple[str, Any]]:
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines also breaks at U+2028/U+2029/U+0085, which JSON allows
+    # inside strings, and would cut such a record in two
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue  # blank lines carry no record
         try:
             records.append((f"{path}:{number}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: bad JSON ({e.msg}, column {e.colno})") from e
+        except RecursionError as e:
+            raise DataError(f"{path}:{number}: JSON nested too deeply to read") from e
     return records
 
 
@@ -180,38 +188,63 @@ def _parse_json_array(path: Path, text: str) -> list[tuple[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: bad JSON ({e.msg}, column {e.colno})") from e
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+    except RecursionError as e:
+        raise DataError(f"{path}:1: JSON nested too deeply to read") from e
+    wrapped = isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list)
+    if wrapped:
         data = next(iter(data.values()))  # {"data": [...]} wrappers are common
     if not isinstance(data, list):
         raise DataError(f"{path}:1: expected a JSON array of records, got {type(data).__name__}")
-    # Record positions: a JSON array has no per-record lines without a full parser, so name
-    # the record index and the line where its object starts (found by a raw_decode walk).
-    starts = _array_item_lines(text)
-    return [(f"{path}:{starts[i] if i < len(starts) else '?'} (record {i})", r) for i, r in enumerate(data)]
+    # Record positions: the line where each record's object starts, found by a raw_decode walk
+    # over the array (linear: lines are counted from the previous record, not from the start).
+    starts = _array_item_lines(text, wrapped)
+    return [(f"{path}:{starts[i]} (record {i})", r) for i, r in enumerate(data)]
 
 
-def _array_item_lines(text: str) -> list[int]:
+def _array_item_lines(text: str, wrapped: bool) -> list[int]:
     decoder, lines = json.JSONDecoder(), []
-    i = text.index("[") + 1  # the array itself, or the list inside a {"data": [...]} wrapper
+    i = _skip_space(text, 0)
+    if wrapped:  # {"key": [ ...: step over the key (it may itself hold "[") to the array
+        _, i = decoder.raw_decode(text, _skip_space(text, i + 1))
+        i = _skip_space(text, i) + 1  # the ":"
+        i = _skip_space(text, i)
+    i += 1  # the "["
+    line, counted = 1, 0
     while True:
         while i < len(text) and text[i] in " \t\r\n,":
             i += 1
         if i >= len(text) or text[i] == "]":
             return lines
-        lines.append(text.count("\n", 0, i) + 1)
+        line += text.count("\n", counted, i)
+        counted = i
+        lines.append(line)
         _, i = decoder.raw_decode(text, i)
 
 
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
 def _parse_csv(path: Path, text: str) -> list[tuple[str, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise DataError(f"{path}:1: CSV has no header row")
-    records = []
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        if None in row:
-            raise DataError(f"{where}: more cells than the header's {len(reader.fieldnames)} columns")
-        records.append((where, row))
+    # strict: a malformed quote (an answer whose quote never closes would otherwise swallow every
+    # following row into one answer, silently) is an error naming the line where its record starts
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[str, Any]] = []
+    ended = 1  # the line where the last good record (or the header) ended
+    try:
+        if not reader.fieldnames:
+            raise DataError(f"{path}:1: CSV has no header row")
+        ended = reader.line_num
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise DataError(f"{where}: more cells than the header's {len(reader.fieldnames)} columns")
+            records.append((where, row))
+            ended = reader.line_num
+    except csv.Error as e:
+        raise DataError(f"{path}:{ended + 1}: malformed CSV record ({e}; is a quote left unclosed?)") from e
     return records
 
 
@@ -370,7 +403,9 @@ def template_parts(template: str) -> tuple[str, str, str]:
     return before[:line_start], before[line_start:], after
 
 
-def chat_template(template: str, bos_token: str | None = None) -> str:
+def chat_template(
+    template: str, bos_token: str | None = None, special_tokens: list[str] | None = None
+) -> str:
     """The conversation template, as Jinja for the tokenizer's `chat_template`.
 
     One patient message renders exactly `format_prompt`. A conversation: the header once (or a
@@ -379,31 +414,57 @@ def chat_template(template: str, bos_token: str | None = None) -> str:
     after every answer), and a newline before the next patient line. `add_generation_prompt`
     ends with the doctor line, where the model continues. With `bos_token`, every conversation
     starts with it (for tokenizers that add a BOS to plain text: the prompt stays what training saw).
+
+    Message text cannot forge the conversation: the template's marker run (`###`) inside a message
+    becomes a single `#`, so no line of a message reads as a patient or doctor line, and each of
+    `special_tokens` (EOS, `<|im_end|>`, ...) gets a zero-width space after its first character,
+    so it tokenizes as text, never as the control token. The template does this itself, so every
+    server that applies it (vLLM, transformers pipelines, llama.cpp with --jinja) is covered.
     """
     header, patient, doctor = template_parts(template)
     marker = re.match(r"[^\w]*", header or patient).group()  # "### ": how the header line starts
-    q = json.dumps  # a JSON string is a valid Jinja string literal (escapes included)
+
+    def q(text: str) -> str:  # a JSON string is a valid Jinja string literal (escapes included)
+        return json.dumps(text, ensure_ascii=False)
+
+    run = marker.strip()
+    cleans = [(run, run[0])] if len(run) > 1 else []
+    cleans += [
+        (t, t[0] + "\u200b" + t[1:])
+        for t in sorted(set(special_tokens or []), key=len, reverse=True)
+        if len(t) > 1
+    ]
+    clean = "".join(f" | replace({q(a)}, {q(b)})" for a, b in cleans)
     return (
         "{#- medbot conversation template, generated from the config's prompt_template -#}\n"
         + ("{{- bos_token -}}\n" if bos_token else "")
         + "{%- set ns = namespace(turns=0) -%}\n"
         "{%- if messages and messages[0]['role'] == 'system' -%}\n"
-        f"{{{{- {q(marker)} + (messages[0]['content'] | trim) + {q(chr(10))} -}}}}\n"
+        f"{{{{- {q(marker)} + (messages[0]['content'] | trim{clean}) + {q(chr(10))} -}}}}\n"
         "{%- else -%}\n"
         f"{{{{- {q(header)} -}}}}\n"
         "{%- endif -%}\n"
         "{%- for message in messages -%}\n"
         "{%- if message['role'] == 'user' -%}\n"
-        f"{{{{- ({q(chr(10))} if ns.turns > 0 else '') + {q(patient)} + (message['content'] | trim) -}}}}\n"
+        f"{{{{- ({q(chr(10))} if ns.turns > 0 else '') + {q(patient)} + (message['content'] | trim{clean}) -}}}}\n"
         "{%- set ns.turns = ns.turns + 1 -%}\n"
         "{%- elif message['role'] == 'assistant' -%}\n"
-        f"{{{{- {q(doctor)} + ' ' + (message['content'] | trim) + eos_token -}}}}\n"
+        f"{{{{- {q(doctor)} + ' ' + (message['content'] | trim{clean}) + eos_token -}}}}\n"
         "{%- elif message['role'] != 'system' or not loop.first -%}\n"
         "{{- raise_exception('roles are system (first only), user and assistant, not ' + message['role']) -}}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
         f"{{%- if add_generation_prompt -%}}{{{{- {q(doctor)} -}}}}{{%- endif -%}}\n"
     )
+
+
+def template_for(tokenizer: Any, template: str) -> str:
+    """`chat_template` for this tokenizer: its BOS if it adds one to text, its special tokens neutralised."""
+    specials = {
+        *tokenizer.all_special_tokens,
+        *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special),
+    }
+    return chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None, sorted(specials))
 
 
 def adds_bos(tokenizer: Any) -> bool:
@@ -416,16 +477,18 @@ def install_chat_template(tokenizer: Any, template: str) -> Any:
     """Write the conversation template into the tokenizer (replacing the base model's), so that
     `save_pretrained` ships it and any server applying the tokenizer's chat template prompts the
     fine-tuned model as it was trained."""
-    tokenizer.chat_template = chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None)
+    tokenizer.chat_template = template_for(tokenizer, template)
     return tokenizer
 
 
 def render_chat(tokenizer: Any, template: str, messages: list[dict[str, str]], *, generation: bool) -> str:
     """The conversation as text through the chat template made from `template`; `generation`: end
     with the doctor line for the model to continue. Tokenize it with `add_special_tokens=False`."""
-    tpl = chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None)
     return tokenizer.apply_chat_template(
-        messages, chat_template=tpl, tokenize=False, add_generation_prompt=generation
+        messages,
+        chat_template=template_for(tokenizer, template),
+        tokenize=False,
+        add_generation_prompt=generation,
     )
 
 

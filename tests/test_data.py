@@ -258,3 +258,62 @@ def test_conversation_drops_are_reported_and_the_split_keys_on_the_first_message
         train, evals = split_dialogues(dialogues, eval_fraction=0.5, seed=seed)
         sides = {d.output: d in evals for d in dialogues}
         assert sides["A2"] == sides["A9"] and len(train) + len(evals) == 3
+
+
+# ---------------------------------------------------------------- hostile and careless files
+
+
+def test_csv_unclosed_quote_is_an_error_at_its_line_not_a_swallowed_file(tmp_path):
+    f = write(tmp_path / "d.csv", 'input,output\nq1,a1\nq2,"a2 never closed\nq3,a3\nq4,a4\nq5,a5\n')
+    with pytest.raises(DataError, match=rf"{f}:3: malformed CSV record .*unclosed"):
+        load_dialogues(f)
+    long = write(
+        tmp_path / "long.csv", 'input,output\nq,"' + "x" * 200_000 + '"\n'
+    )  # over csv's default limit
+    rows, _ = load_dialogues(long)
+    assert len(rows[0].output) == 200_000
+
+
+def test_json_array_loads_in_linear_time_with_record_lines(tmp_path):
+    """Four times the records take about four times as long (the old per-record line count from
+    the file's start made it sixteen), and every record still names its line."""
+    import time
+
+    def load(n: int) -> float:
+        records = [{"input": f"My knee hurts, case {i}.", "output": f"Rest it, case {i}."} for i in range(n)]
+        f = write(tmp_path / f"big{n}.json", json.dumps(records, indent=1))
+        start = time.perf_counter()
+        rows, report = load_dialogues(f)
+        seconds = time.perf_counter() - start
+        assert report.kept == n and rows[-1].where == f"{f}:{1 + 4 * (n - 1) + 1} (record {n - 1})"
+        return seconds
+
+    small, big = min(load(15_000) for _ in range(2)), load(60_000)
+    assert big / small < 8, f"{big / small:.1f}x the time for 4x the records"
+
+
+def test_json_wrapper_whose_key_holds_a_bracket_and_separators_inside_strings(tmp_path):
+    f = write(tmp_path / "w.json", json.dumps({"a[b": [{"input": "Q1", "output": "A1"}, {"input": "Q2", "output": "A2"}]}, indent=1))  # fmt: skip
+    rows, _ = load_dialogues(f)
+    assert [r.input for r in rows] == ["Q1", "Q2"] and rows[1].where.startswith(f"{f}:")
+    g = write(tmp_path / "s.jsonl", jsonl([{"input": "one\u2028two\u2029three\x85four", "output": "ok"}, {"input": "Q", "output": "A"}]))  # fmt: skip
+    rows, _ = load_dialogues(g)
+    assert rows[0].input == "one\u2028two\u2029three\x85four" and rows[1].where == f"{g}:2"
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("deep.jsonl", '{"input": "q", "output": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", ":2: JSON nested too deeply"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, ":1: JSON nested too deeply"),
+        ("empty.jsonl", "\n\n", "no records"),
+        ("empty.json", "[]", "no records"),
+        ("header.csv", "input,output\n", "no records"),
+        ("nothing.csv", "", ":1: CSV has no header row"),
+    ],
+)  # fmt: skip
+def test_every_failure_is_a_data_error_naming_the_file(tmp_path, name, content, expected):
+    f = write(tmp_path / name, content)
+    with pytest.raises(DataError, match=str(f) + ".*" if expected.startswith(":") else str(f)) as e:
+        load_dialogues(f)
+    assert expected in str(e.value)

@@ -73,10 +73,10 @@ def test_served_elsewhere_the_export_prompts_as_respond_does(tiny_cfg, tokenizer
     from transformers import AutoTokenizer, pipeline
 
     from medbot_chat import respond_stream
-    from medbot_utils import chat_messages, chat_template
+    from medbot_utils import chat_messages, template_for
 
     adapter = _trained_looking_adapter(tiny_cfg, tokenizer)
-    assert (adapter / "chat_template.jinja").read_text() == chat_template(tiny_cfg.prompt_template)
+    assert (adapter / "chat_template.jinja").read_text() == template_for(tokenizer, tiny_cfg.prompt_template)
     out = tmp_path / "merged"
     export(adapter, out, "fp32")
     history = [("I have a cough.", "How long for?"), ("Two weeks.", "Any fever?")]
