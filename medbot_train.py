@@ -27,7 +27,6 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from medbot_config import CONFIG_FILE, TRACKERS, MedbotConfig
 from medbot_utils import DataCollator, install_chat_template
@@ -55,8 +54,8 @@ class MetricsFileCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if state.global_step == 0:  # a fresh run: rows of earlier runs in this folder are stale
             kept = self.written
-        else:
-            kept = [r for r in read_metrics(self.path) if r["step"] <= state.global_step]
+        else:  # a resume: the checkpoint's rows once each (an eval before this resume repeats step N)
+            kept = _once_each([r for r in read_metrics(self.path) if r["step"] <= state.global_step])
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -71,6 +70,18 @@ class MetricsFileCallback(TrainerCallback):
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self.written.append(row)
+
+
+def _once_each(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in step order, one train row and one eval row per step (the first logged)."""
+    seen: set[tuple[int, bool]] = set()
+    out = []
+    for row in sorted(rows, key=lambda r: r["step"]):  # stable: the first logged of a step stays first
+        key = (row["step"], "eval_loss" in row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -179,7 +190,7 @@ def evaluate(trainer: Trainer) -> dict[str, float]:
 
 def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
     """Train to cfg.max_steps, resuming from the newest checkpoint when cfg.resume allows."""
-    last = get_last_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
+    last = usable_checkpoint(cfg.output_dir) if cfg.resume and Path(cfg.output_dir).is_dir() else None
     stamp = Path(cfg.output_dir) / RUN_CONFIG
     if last and stamp.exists():
         _check_same_run(MedbotConfig.load(stamp), cfg, last)
@@ -190,6 +201,78 @@ def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
         cfg.save(stamp)
     with _lora_inputs_uncast(trainer.model, enabled=not cfg.upcast_norms and torch.cuda.is_available()):
         return trainer.train(resume_from_checkpoint=last)
+
+
+def usable_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint that is complete and readable, or None (a fresh start).
+
+    A kill during a save (or a sync tool that copied half a file) leaves a checkpoint that would
+    crash the resume with a library traceback, and the same crash on every re-run. Each one found
+    broken is moved aside to `checkpoint-N.broken` (kept, never deleted) with a warning naming
+    it, and the next older one is tried.
+    """
+    folders = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        aside = folder.with_name(folder.name + ".broken")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = folder.with_name(f"{folder.name}.broken{n}")
+        if is_main_process():
+            folder.rename(aside)
+        message = f"{folder}: {problem}; moved to {aside.name}, trying the previous checkpoint"
+        log.warning(message)
+        print(f"WARNING: {message}")
+    if folders:
+        print(f"WARNING: no usable checkpoint in {output_dir}: training starts from step 0")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a checkpoint folder unusable (None if nothing): a missing trainer state or
+    weights, or a file that does not read whole (JSON that does not parse, safetensors whose data
+    is shorter than its header says, torch files whose zip records fail their CRC)."""
+    import zipfile
+
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json (the save did not finish)"
+    if not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
+        return "no model weights"
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                _check_safetensors_length(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    return f"{path.name}: record {bad} fails its checksum"
+        except Exception as e:  # any failure to read is the answer, whatever library raised it
+            return f"{path.name} does not read ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def _check_safetensors_length(path: Path) -> None:
+    """safetensors' header names where each tensor's bytes end; the file must hold them all."""
+    import struct
+
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size < 8 + header_len + end:
+        raise ValueError(f"truncated: {path.stat().st_size} bytes, the header needs {8 + header_len + end}")
 
 
 # Fields that change what a checkpoint has learned; a resumed run must agree on all of them
@@ -245,7 +328,7 @@ def plot_losses(metrics_path: str | Path, path: str | Path) -> Path:
     """Train and eval loss against optimizer step, saved as a PNG."""
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = _once_each(read_metrics(metrics_path))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for key, style, label in (("loss", "-", "train loss"), ("eval_loss", "o-", "eval loss")):
         pts = [(r["step"], r[key]) for r in rows if key in r]

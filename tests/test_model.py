@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -163,3 +165,61 @@ def test_report_to_picks_trackers_and_refuses_missing_or_unknown_ones(tiny_cfg, 
     assert trackers(tiny_cfg.replace(report_to=["tensorboard", "wandb"])) == ["wandb"]
     with pytest.raises(ValueError, match=r"\['mlflow'\] not installed"):
         trackers(tiny_cfg.replace(report_to=["mlflow"]))
+
+
+def test_resume_skips_broken_checkpoints_and_shows_each_eval_once(tiny_cfg, tokenizer, capsys):
+    """A truncated newest checkpoint and an empty one left by a kill are moved aside with a warning
+    naming them, training resumes from the intact one before, and the metrics hold each eval once."""
+    from medbot_train import evaluate
+
+    def run(cfg):  # noqa: ANN001, ANN202
+        model = add_lora(load_base_model(cfg), cfg)
+        trainer = build_trainer(model, tokenizer, samples(tokenizer, cfg), samples(tokenizer, cfg, 4), cfg)
+        evaluate(trainer)  # the notebook's "before training" eval
+        train(trainer, cfg)
+        return trainer
+
+    cfg = tiny_cfg.replace(max_steps=6, eval_steps=3, save_total_limit=None)
+    run(cfg)
+    out = Path(cfg.output_dir)
+    weights = out / "checkpoint-6" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a save cut short
+    (out / "checkpoint-9").mkdir()  # a kill right after the folder was made
+    trainer = run(cfg.replace(max_steps=9))
+    said = capsys.readouterr().out
+    assert (
+        "checkpoint-9: no trainer_state.json" in said
+        and "checkpoint-6: adapter_model.safetensors does not read" in said
+    )
+    assert (out / "checkpoint-9.broken").is_dir() and (out / "checkpoint-6.broken").is_dir()
+    assert trainer.state.global_step == 9 and (out / "checkpoint-9" / "trainer_state.json").is_file()
+    rows = read_metrics(f"{cfg.logs_dir}/metrics.jsonl")
+    evals = [r["step"] for r in rows if "eval_loss" in r]
+    assert evals == sorted(set(evals)) and 0 in evals and 9 in evals  # each once, in step order
+    assert "Resuming from" in said and "checkpoint-3" in said
+
+
+def test_checkpoint_problems_name_the_file(tmp_path):
+    import zipfile
+
+    from medbot_train import checkpoint_problem
+
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    assert "no trainer_state.json" in checkpoint_problem(folder)
+    from safetensors.torch import save_file
+
+    (folder / "trainer_state.json").write_text("{")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    assert "adapter_model.safetensors does not read" in checkpoint_problem(folder)
+    save_file({"w": torch.ones(64)}, str(folder / "adapter_model.safetensors"))
+    assert "trainer_state.json does not read" in checkpoint_problem(folder)
+    (folder / "trainer_state.json").write_text("{}")
+    torch.save({"state": torch.ones(256)}, folder / "optimizer.pt")
+    assert checkpoint_problem(folder) is None
+    data = bytearray((folder / "optimizer.pt").read_bytes())
+    with zipfile.ZipFile(folder / "optimizer.pt") as z:
+        member = next(i for i in z.infolist() if i.file_size > 500)
+    data[member.header_offset + 30 + len(member.filename) + len(member.extra) + 100] ^= 0xFF  # flip a byte
+    (folder / "optimizer.pt").write_bytes(bytes(data))
+    assert "optimizer.pt" in checkpoint_problem(folder)
