@@ -20,6 +20,7 @@ a time; `queue_size` more wait, the rest get 429. Message text is never logged u
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medbot_chat import CURSOR, DISCLAIMER, ReplyStream, banner, parse_history, respond_stream
 from medbot_config import MedbotConfig
@@ -53,7 +55,11 @@ class Limits:
     """What one server accepts; every limit answers with a clear 4xx, never a crash."""
 
     max_message_chars: int = 2000  # longest single message (422 above it)
-    max_body_bytes: int = 64 * 1024  # largest request body on /v1 (413 above it)
+    max_body_bytes: int = 64 * 1024  # largest request body on any route (413 above it, before parsing)
+    body_timeout_s: float = 10.0  # a body not fully sent by then gets 408 (slow clients hold nothing)
+    header_timeout_s: float = 10.0  # a connection whose request headers are not complete by then is closed
+    max_connections: int = 200  # open connections beyond this get 503 (uvicorn's limit_concurrency)
+    auth_failures: int = 10  # wrong keys or passwords per client per minute; more get 429
     queue_size: int = 8  # requests that may wait while one generates (429 beyond)
     queue_wait_s: float = 120.0  # a waiting request gives up with 429 after this
     gen_timeout_s: float = 60.0  # generation stops after this (finish_reason "length")
@@ -80,6 +86,22 @@ class Gate:
         with self._count:
             self.admitted -= 1
         return False
+
+    async def enter_async(self) -> bool:
+        """`enter` for the event loop: waits without holding a worker thread (a burst of waiting
+        requests would otherwise take every thread, and the running one could not get one)."""
+        with self._count:
+            if self.admitted >= self.capacity:
+                return False
+            self.admitted += 1
+        deadline = time.monotonic() + self.wait_s
+        while not self._run.acquire(blocking=False):
+            if time.monotonic() > deadline:
+                with self._count:
+                    self.admitted -= 1
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def leave(self) -> None:
         self._run.release()
@@ -145,27 +167,55 @@ FINISH = {
 # ----------------------------------------------------------------------------- the server
 
 
-class BodyLimit:
-    """ASGI middleware: request bodies on /v1 larger than `limit` bytes get 413 before parsing."""
+KEYED_PATHS = ("/v1", "/openapi.json")  # with a key set, these answer only to it
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class Guard:
+    """ASGI middleware in front of every route (API and chat page), before any parsing.
+
+    - the API key on /v1 (and the schema), checked before the body is read;
+    - failed keys or page passwords per client limited (429 after `auth_failures` a minute);
+    - every request body at most `max_body_bytes` (413) and sent within `body_timeout_s` (408);
+    - a log line (request id, status, path, reason; never text) for every refused request.
+    """
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server, self.limits = app, server, server.limits
+        self.failures: dict[str, list[float]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?", 0))[0]
+        path = scope["path"]
+        if self._locked_out(client):
+            return await self._refuse(send, scope, 429, "too many failed keys or passwords; wait a minute")
+        if self.server.api_key and path.startswith(KEYED_PATHS) and not self._key_ok(scope):
+            self._failed(client)
+            return await self._refuse(
+                send, scope, 401, "missing or wrong API key", [(b"www-authenticate", b"Bearer")]
+            )
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(send)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_body_bytes):
+            return await self._refuse(
+                send, scope, 413, f"request body over {self.limits.max_body_bytes} bytes"
+            )
         body, more = b"", True
-        while more:  # bodies are small (<= limit): read it all, refusing as soon as it is too large
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await self._refuse(send)
+        try:
+            while more:  # bodies are small (<= limit): read all of it, in time, refusing when too large
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout_s)
+                if message["type"] != "http.request":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.limits.max_body_bytes:
+                    return await self._refuse(
+                        send, scope, 413, f"request body over {self.limits.max_body_bytes} bytes"
+                    )
+        except TimeoutError:
+            return await self._refuse(
+                send, scope, 408, f"request body not sent within {self.limits.body_timeout_s:g} s"
+            )
         replayed = False
 
         async def replay() -> dict:
@@ -175,15 +225,51 @@ class BodyLimit:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        async def watch(message: dict) -> None:  # a wrong page password counts as a failure too
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if path.rstrip("/").endswith("/login") and status in (400, 401, 403):
+                    self._failed(client)
+                if status >= 400 and path.startswith(KEYED_PATHS):
+                    log.info("%s refused status=%d path=%s", _rid(scope), status, path)
+            await send(message)
 
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps(
-            {"error": {"message": f"request body over {self.limit} bytes", "type": "too_large"}}
+        await self.app(scope, replay, watch)
+
+    def _key_ok(self, scope: dict) -> bool:
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("authorization", "").removeprefix("Bearer ").strip() or headers.get(
+            "x-api-key", ""
         )
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body.encode()})
+        return secrets.compare_digest(given.encode(), (self.server.api_key or "").encode())
+
+    def _failed(self, client: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self.failures.get(client, []) if now - t < 60]
+        self.failures[client] = recent + [now]
+        if len(self.failures) > 10_000:  # forget the oldest clients: memory stays bounded
+            self.failures = dict(list(self.failures.items())[-5_000:])
+
+    def _locked_out(self, client: str) -> bool:
+        now = time.monotonic()
+        return sum(now - t < 60 for t in self.failures.get(client, [])) >= self.limits.auth_failures
+
+    async def _refuse(
+        self, send: Any, scope: dict, status: int, reason: str, headers: list | None = None
+    ) -> None:
+        log.info("%s refused status=%d path=%s reason=%s", _rid(scope), status, scope["path"], reason)
+        body = json.dumps({"error": {"message": reason, "type": ERROR_TYPES.get(status, "refused")}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *(headers or [])]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
+ERROR_TYPES = {401: "unauthorized", 408: "timeout", 413: "too_large", 429: "rate_limited"}
+
+
+def _rid(scope: dict) -> str:
+    """A request id for log lines (the client's address stays out of them)."""
+    return scope.setdefault("medbot_rid", "req-" + uuid.uuid4().hex[:12])
 
 
 class Server:
@@ -215,7 +301,13 @@ class Server:
 
 def build_api(server: Server) -> FastAPI:
     """The FastAPI app with /v1/models and /v1/chat/completions (the chat page is mounted on it)."""
-    app = FastAPI(title="medbot", description="Not for medical use. OpenAI-compatible chat API.", version="1")
+    app = FastAPI(
+        title="medbot",
+        description="Not for medical use. OpenAI-compatible chat API.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+    )  # fmt: skip  (the schema stays, behind the key when set)
 
     def check_key(request: Request) -> None:
         if server.api_key is None:
@@ -230,8 +322,8 @@ def build_api(server: Server) -> FastAPI:
         where = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         return JSONResponse({"error": {"message": where, "type": "invalid_request"}}, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def refused(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and Starlette's own (404, 405, bad JSON)
+    async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             {"error": {"message": exc.detail, "type": "refused"}}, exc.status_code, exc.headers
         )
@@ -241,10 +333,10 @@ def build_api(server: Server) -> FastAPI:
         return {"object": "list", "data": [{"id": server.model_id, "object": "model", "owned_by": "medbot"}]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
-    async def chat(body: ChatRequest) -> dict | StreamingResponse:
+    async def chat(body: ChatRequest, request: Request) -> dict | StreamingResponse:
         query, history = split_conversation(body.messages, server.limits.max_message_chars)
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k}
-        if not await run_in_threadpool(server.gate.enter):
+        if not await server.gate.enter_async():
             raise HTTPException(429, "busy: too many requests are waiting; retry later", {"Retry-After": "5"})
         rid, started = "chatcmpl-" + uuid.uuid4().hex[:16], time.monotonic()
         try:
@@ -261,12 +353,24 @@ def build_api(server: Server) -> FastAPI:
             return StreamingResponse(
                 _sse(server, stream, rid, query, started), media_type="text/event-stream"
             )
-        try:
-            await run_in_threadpool(lambda: list(stream))  # generate; the pieces themselves are not sent
+        try:  # generate (the pieces themselves are not sent); a client that leaves cancels it
+            work = asyncio.ensure_future(run_in_threadpool(lambda: list(stream)))
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.25)
+                if not work.done() and await request.is_disconnected():
+                    stream.cancel()
+                    log.info("%s abandoned by the client: generation cancelled", rid)
+            await work
         finally:
             server.gate.leave()
         server.log(rid, query, stream, time.monotonic() - started)
         return _completion(server, stream, rid)
+
+    @app.api_route(
+        "/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    )
+    def unknown(rest: str) -> None:  # before the page's catch-all: /v1 answers in the API's error shape
+        raise HTTPException(404, f"no such endpoint: /v1/{rest}")
 
     return app
 
@@ -403,7 +507,7 @@ def chat_page(server: Server) -> Any:
                ) -> Iterator[tuple[str, Any, Any]]:  # fmt: skip
         yield from page_turn(server, message, history, temperature, top_p, max_tokens)
 
-    with gr.Blocks(title="medbot (not for medical use)") as page:
+    with gr.Blocks(title="medbot (not for medical use)", analytics_enabled=False) as page:
         gr.Markdown(HEADER, elem_id="disclaimer")
         emergency = gr.Markdown(visible=False, elem_id="emergency-banner")
         urgent = gr.Markdown(visible=False, elem_id="urgent-banner")
@@ -433,18 +537,90 @@ def chat_page(server: Server) -> Any:
     return page
 
 
-def build_app(server: Server, page_password: str | None = None) -> FastAPI:
-    """One ASGI app: the API, the chat page at /, and the body-size limit in front of both."""
+def build_app(
+    server: Server, page_password: str | None = None, allowed_hosts: list[str] | None = None
+) -> FastAPI:
+    """One ASGI app: the API, the chat page at /, and the Guard in front of both.
+
+    `allowed_hosts`: Host headers accepted (others get 400); the localhost default allows only
+    loopback names, so a web page on another site cannot reach it through DNS rebinding.
+    """
     import gradio as gr
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     api = build_api(server)
     auth = ("medbot", page_password) if page_password else None
     app = gr.mount_gradio_app(api, chat_page(server), path="/", auth=auth, footer_links=[], css=PAGE_CSS)
-    app.add_middleware(BodyLimit, limit=server.limits.max_body_bytes)
+    app.add_middleware(Guard, server=server)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 
 # ----------------------------------------------------------------------------- launching
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete within
+    `seconds` of its first byte or of the previous response (slowloris: idle half-open connections
+    otherwise stay open for ever and, by the thousand, exhaust the server's file descriptors)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._waiting_for_headers():
+                if self._header_timer is None:
+                    self._header_timer = self.loop.call_later(seconds, self._expire)
+            elif self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                log.info("connection closed: request headers not complete within %g s", seconds)
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+class OncePerMinute(logging.Filter):
+    """Log-flood protection: the same message at most `limit` times a minute, then a count."""
+
+    def __init__(self, limit: int = 5) -> None:
+        super().__init__()
+        self.limit, self.seen = limit, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = (record.name, str(record.msg)[:200])
+        start, count = self.seen.get(key, (now, 0))
+        if now - start > 60:
+            if count > self.limit:
+                record.msg = f"{record.msg} [repeated {count - self.limit} more times in the last minute]"
+            start, count = now, 0
+        self.seen[key] = (start, count + 1)
+        if len(self.seen) > 1000:
+            self.seen.clear()
+        return count < self.limit
 
 
 def load_model(adapter: str | None) -> tuple[Any, Any, MedbotConfig, str]:
@@ -479,8 +655,15 @@ def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False
             f"Public server: API key / chat password (user 'medbot') is {key}\n(set ${API_KEY_ENV} to choose one)"
         )
     server = Server(model, tokenizer, cfg, limits, api_key=key, model_id=model_id, log_messages=log_messages)
-    app = build_app(server, page_password=key)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    loopback = ["127.0.0.1", "localhost", "::1"]
+    app = build_app(server, page_password=key, allowed_hosts=None if public else loopback)
+    for name in ("uvicorn", "uvicorn.error", "asyncio", "medbot.web"):  # e.g. "Too many open files"
+        logging.getLogger(name).addFilter(OncePerMinute())
+    _raise_open_file_limit()
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=5,
+        limit_concurrency=server.limits.max_connections, http=header_timeout_protocol(server.limits.header_timeout_s),
+    )  # fmt: skip
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -502,6 +685,20 @@ def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False
         except KeyboardInterrupt:
             uv.should_exit = True
     return local, public_url
+
+
+def _raise_open_file_limit() -> None:
+    """Soft open-file limit up to the hard one: the connection cap, not the OS, decides."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
+    except (ImportError, ValueError, OSError):  # not on this platform, or not allowed: keep the default
+        pass
 
 
 def main() -> None:

@@ -614,3 +614,154 @@ def test_urgent_verdicts_come_first_and_reach_the_api(kind_server):
     assert r["choices"][0]["message"]["content"].startswith(VERDICTS["urgent"].advice)
     assert r["medbot"]["emergency"] is False and r["medbot"]["level"] == "urgent"
     assert r["medbot"]["flags"][0] == "urgent.test"
+
+
+# ----------------------------------------------------------------------------- slow and hostile clients
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def slow_server(tiny_chat, tokenizer):
+    """launch() on a real port with a scripted model that takes `delay` seconds a token."""
+    from medbot_web import Limits, launch
+
+    def start(delay: float = 0.0, **limits) -> tuple[str, ScriptedModel]:
+        model = ScriptedModel(tokenizer, "Rest and drink plenty of water. " * 8, delay=delay)
+        cfg = tiny_chat[2].replace(gen_max_length=2000)
+        url, _ = launch(model, tokenizer, cfg, port=_free_port(), limits=Limits(**limits), block=False)
+        return url, model
+
+    return start
+
+
+def test_slowloris_connections_are_closed_and_real_requests_still_served(slow_server):
+    import socket
+
+    import httpx
+
+    url, _ = slow_server(header_timeout_s=1.0)
+    port = int(url.rsplit(":", 1)[1])
+    idle = []
+    for _ in range(60):  # half-open requests: headers begun, never finished
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        idle.append(s)
+    assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 200  # served meanwhile
+    time.sleep(2.0)
+    for s in idle:
+        s.settimeout(2)
+        assert s.recv(100) == b""  # closed by the server
+        s.close()
+
+
+def test_a_body_sent_too_slowly_gets_408_and_frees_the_connection(slow_server):
+    import socket
+
+    url, _ = slow_server(body_timeout_s=1.0)
+    port = int(url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 200\r\n\r\n{\"messages\"")  # fmt: skip
+    s.settimeout(5)
+    started = time.monotonic()
+    answer = s.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer and time.monotonic() - started < 4
+    s.close()
+
+
+def test_an_abandoned_non_streaming_request_stops_generating(slow_server):
+    import socket
+
+    import httpx
+
+    url, model = slow_server(delay=0.05, max_new_tokens=200)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps(chat_body(max_tokens=200)).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+    time.sleep(1.0)
+    s.close()  # the client gives up
+    started = time.monotonic()
+    r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=5), timeout=30)
+    assert r.status_code == 200
+    assert time.monotonic() - started < 5  # the abandoned one (200 tokens: 10 s) was cancelled
+    assert model.emitted == 5  # and the second ran to its own end
+
+
+def test_a_burst_of_waiting_requests_does_not_stall_the_server(slow_server):
+    import httpx
+
+    url, _ = slow_server(delay=0.01, queue_size=60, max_new_tokens=5)
+    codes: list[int] = []
+
+    def one() -> None:
+        codes.append(
+            httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=5), timeout=120).status_code
+        )
+
+    threads = [threading.Thread(target=one) for _ in range(55)]  # more than the 40 worker threads
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+    assert time.monotonic() - started < 2  # waiting requests hold no worker thread
+    for t in threads:
+        t.join()
+    assert codes.count(200) == 55
+
+
+def test_guard_key_before_body_limits_everywhere_rate_limit_and_one_error_shape(make_client, caplog):
+    client = make_client(api_key="k3y", max_body_bytes=2000)
+    big = {"content-length": str(10 * 2**20), "content-type": "application/json"}
+    r = client.post("/gradio_api/queue/join", content=b"{}", headers=big)  # a page route, no login
+    assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"authorization": "Bearer nope"})
+    assert r.status_code == 401  # the key is checked before the body is read or parsed
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"authorization": "Bearer k3y"})
+    assert r.status_code == 422 and "error" in r.json()  # not FastAPI's {"detail": ...}
+    assert (
+        client.get("/v1/nope", headers={"authorization": "Bearer k3y"}).json()["error"]["type"] == "refused"
+    )
+    for path in ("/docs", "/redoc"):
+        assert client.get(path).status_code == 404
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/openapi.json", headers={"x-api-key": "k3y"}).json()["info"]["title"] == "medbot"
+    with caplog.at_level("INFO", logger="medbot.web"):
+        for _ in range(9):  # 1 + 1 + 9 wrong keys from this client this minute
+            client.get("/v1/models", headers={"authorization": "Bearer guess"})
+        r = client.get("/v1/models", headers={"authorization": "Bearer k3y"})
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limited"  # even the right key, for now
+    lines = [m for m in caplog.messages if "refused" in m]
+    assert any("status=401" in m for m in lines) and any("status=429" in m for m in lines)
+    assert not any("guess" in m or "k3y" in m for m in caplog.messages)  # no keys or text in logs
+
+
+def test_localhost_default_refuses_other_host_headers_and_page_analytics_are_off(tiny_chat):
+    from fastapi.testclient import TestClient
+
+    from medbot_web import Server, build_app
+
+    app = build_app(Server(*tiny_chat), allowed_hosts=["127.0.0.1", "localhost", "::1"])
+    client = TestClient(app, base_url="http://localhost:7860")
+    assert client.get("/v1/models").status_code == 200
+    assert client.get("/v1/models", headers={"host": "attacker.example"}).status_code == 400  # DNS rebinding
+    assert client.get("/config").json()["analytics_enabled"] is False
+
+
+def test_one_log_message_floods_no_more_than_a_few_times_a_minute():
+    import logging
+
+    from medbot_web import OncePerMinute
+
+    flood = OncePerMinute(limit=5)
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Too many open files", None, None)
+    assert sum(flood.filter(record) for _ in range(100_000)) == 5
