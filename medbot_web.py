@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -603,7 +604,10 @@ def header_timeout_protocol(seconds: float) -> type:
 
 
 class OncePerMinute(logging.Filter):
-    """Log-flood protection: the same message at most `limit` times a minute, then a count."""
+    """Log-flood protection: the same message at most `limit` times a minute, then a count.
+
+    "The same" ignores request ids: a client refused a thousand times is one message, not a
+    thousand (each refused request still gets its line until the limit)."""
 
     def __init__(self, limit: int = 5) -> None:
         super().__init__()
@@ -611,7 +615,7 @@ class OncePerMinute(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         now = time.monotonic()
-        key = (record.name, str(record.msg)[:200])
+        key = (record.name, re.sub(r"(req|chatcmpl)-[0-9a-f]+", "", record.getMessage())[:200])
         start, count = self.seen.get(key, (now, 0))
         if now - start > 60:
             if count > self.limit:
@@ -658,7 +662,9 @@ def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False
     loopback = ["127.0.0.1", "localhost", "::1"]
     app = build_app(server, page_password=key, allowed_hosts=None if public else loopback)
     for name in ("uvicorn", "uvicorn.error", "asyncio", "medbot.web"):  # e.g. "Too many open files"
-        logging.getLogger(name).addFilter(OncePerMinute())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OncePerMinute) for f in logger.filters):
+            logger.addFilter(OncePerMinute())
     _raise_open_file_limit()
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=5,

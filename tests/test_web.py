@@ -765,3 +765,19 @@ def test_one_log_message_floods_no_more_than_a_few_times_a_minute():
     flood = OncePerMinute(limit=5)
     record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Too many open files", None, None)
     assert sum(flood.filter(record) for _ in range(100_000)) == 5
+    refusals = [logging.LogRecord("medbot.web", logging.INFO, __file__, 1, "%s refused status=%d", (f"req-{i:012x}", 429), None)
+                for i in range(50)]  # fmt: skip
+    assert sum(flood.filter(r) for r in refusals) == 5  # request ids differ; the message is the same
+    other = logging.LogRecord(
+        "medbot.web", logging.INFO, __file__, 1, "%s refused status=%d", ("req-1", 401), None
+    )
+    assert flood.filter(other)
+
+
+def test_wrong_page_passwords_lock_the_client_out_for_a_minute(make_client):
+    client = make_client(api_key="pw")
+    codes = [
+        client.post("/login", data={"username": "medbot", "password": "guess"}).status_code for _ in range(11)
+    ]
+    assert codes[:10] == [400] * 10 and codes[10] == 429
+    assert client.post("/login", data={"username": "medbot", "password": "pw"}).status_code == 429
