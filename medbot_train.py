@@ -102,7 +102,7 @@ def training_args(cfg: MedbotConfig) -> TrainingArguments:
         dtype = compute_dtype(cfg)
         dtype_flags = {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
     optim = cfg.optim if cfg.optim != "auto" else ("paged_adamw_8bit" if on_gpu else "adamw_torch")
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -129,6 +129,23 @@ def training_args(cfg: MedbotConfig) -> TrainingArguments:
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         **dtype_flags,
     )
+    return one_gpu_per_process(args, torch.cuda.device_count() if on_gpu else 0)
+
+
+def one_gpu_per_process(args: TrainingArguments, visible: int) -> TrainingArguments:
+    """One process trains on one GPU, whatever the machine has.
+
+    The Trainer would wrap the model in nn.DataParallel when one process sees several GPUs: each
+    step would then take batch_size rows per GPU, silently changing the recipe with the machine
+    (and DataParallel is slower than DDP). For several GPUs run `accelerate launch train.py` or
+    `torchrun`: one process per GPU (WORLD_SIZE set), which this leaves alone.
+    """
+    if visible > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _ = args.device  # transformers counts the GPUs while choosing the device
+        args._n_gpu = 1
+        print(f"{visible} GPUs visible: this process trains on cuda:0 only (the recipe does not change with the "
+              "machine); for all of them: accelerate launch train.py")  # fmt: skip
+    return args
 
 
 def build_trainer(

@@ -20,7 +20,8 @@ Paths (each through the HF Trainer, as the notebook trains):
   checkpointing, bf16 norms, flash varlen attention with one key/value head).
 - ours-t4: the Colab T4 profile (fp16, packed 4096-token rows, gradient checkpointing).
 Columns: real (non-padding) tokens/s, s per optimizer step (median after warm-up), peak GPU
-memory (allocated), MFU = tokens/s x 28.5 GFLOP / 790 TFLOP/s, and the ratio to `seed`.
+memory (allocated), MFU = tokens/s x 28.5 GFLOP / the spec dense peak of the GPU that ran (printed;
+`--peak-tflops` for a GPU not in SPEC_PEAK_TFLOPS), and the ratio to `seed`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ from medbot_train import build_trainer, train  # noqa: E402
 from medbot_utils import DataCollator  # noqa: E402
 
 FLOP_PER_TOKEN = 28.5e9  # Falcon-7B forward + backward (input grads only: the base is frozen), no recompute
-PEAK_FLOPS = 790e12  # H100 bf16 dense, measured on the device
+# Spec dense peaks, TFLOP/s, bf16 (fp16 for the T4, which has no bf16), by a fragment of the CUDA
+# device name, most specific first: MFU by convention divides by the peak of the GPU that ran.
+SPEC_PEAK_TFLOPS = {"H200": 989, "H100 PCIe": 756, "H100": 989, "A100": 312, "L4": 121, "T4": 65}
 PAD = 11
 PROFILE = "--profile" in sys.argv
 FALCON_7B = dict(
@@ -170,7 +173,7 @@ def run_path(name: str, cfg, data, collator, plain: bool, steps: int) -> dict:  
     del trainer, model
     return {
         "path": name, "four_bit": four_bit, "s_per_step": step_s, "real_tokens_per_step": tokens,
-        "tokens_per_s": tokens / step_s, "mfu": tokens / step_s * FLOP_PER_TOKEN / PEAK_FLOPS, "peak_gib": peak,
+        "tokens_per_s": tokens / step_s, "peak_gib": peak,
         "losses": losses, "steps": len(timer.times),
     }  # fmt: skip
 
@@ -197,6 +200,9 @@ def main() -> None:
     ap.add_argument("--paths", default="seed,seed-4bit,ours-8/step,ours,ours-t4")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each path")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table"
+    )
     args = ap.parse_args()
     shape = TINY if args.smoke else FALCON_7B
     if args.lengths:
@@ -252,9 +258,29 @@ def main() -> None:
     print(
         f"\ntorch {torch.__version__}, transformers {transformers.__version__}, bitsandbytes {bitsandbytes.__version__}"
     )
+    peak = spec_peak_tflops(device, args.peak_tflops)
+    for r in results:
+        r["mfu"] = r["tokens_per_s"] * FLOP_PER_TOKEN / (peak * 1e12) if peak else float("nan")
+    print(
+        f"MFU against {peak:g} TFLOP/s, the spec dense peak of {device}"
+        if peak
+        else "MFU: no GPU peak (CPU run)"
+    )
     report(results, device)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def spec_peak_tflops(device: str, override: float | None = None) -> float | None:
+    """The spec dense peak for MFU: `override`, else the table's entry for this device name."""
+    if override:
+        return override
+    if device == "CPU":
+        return None
+    for fragment, tflops in SPEC_PEAK_TFLOPS.items():
+        if fragment in device:
+            return float(tflops)
+    raise SystemExit(f"no spec peak for {device!r}: pass --peak-tflops (its dense bf16 TFLOP/s)")
 
 
 def report(results: list[dict], device: str) -> None:

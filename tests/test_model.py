@@ -223,3 +223,20 @@ def test_checkpoint_problems_name_the_file(tmp_path):
     data[member.header_offset + 30 + len(member.filename) + len(member.extra) + 100] ^= 0xFF  # flip a byte
     (folder / "optimizer.pt").write_bytes(bytes(data))
     assert "optimizer.pt" in checkpoint_problem(folder)
+
+
+def test_one_process_never_becomes_data_parallel_on_a_multi_gpu_machine(tmp_path, capsys, monkeypatch):
+    """What a 2-GPU machine gives a single process (n_gpu 2, so the Trainer would wrap
+    nn.DataParallel) is pinned to one GPU and said; a torchrun/accelerate process is left alone."""
+    from transformers import TrainingArguments
+
+    from medbot_train import one_gpu_per_process
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    _ = args.device
+    args._n_gpu = 2  # as transformers counts two visible GPUs
+    assert one_gpu_per_process(args, visible=2).n_gpu == 1
+    assert "2 GPUs visible: this process trains on cuda:0 only" in capsys.readouterr().out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args._n_gpu = 2
+    assert one_gpu_per_process(args, visible=2).n_gpu == 2  # distributed: each process has its own GPU
