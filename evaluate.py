@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from medbot_chat import respond_batch
+from medbot_config import add_config_arguments, config_overrides
 from medbot_eval import (
     Embedder,
     answer_metrics,
@@ -100,8 +101,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="report folder (default: the config's logs_dir)")
+    add_config_arguments(ap)  # e.g. --temperature 0.2 --max-eval-samples 20 over the adapter's config
     args = ap.parse_args()
     model, tok, cfg = load_for_chat(args.adapter, merge=False)
+    cfg = cfg.replace(**config_overrides(args))
     out_dir = Path(args.out or cfg.logs_dir)
     embedder = Embedder()
     rows, _ = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)

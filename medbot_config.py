@@ -7,12 +7,21 @@ offline SmolLM2-135M default that runs on 2 CPU cores).
 
     cfg = preset("embedded"); cfg.save("falcon-patient-chatbot/adapter/medbot_config.json")
     cfg = MedbotConfig.load("falcon-patient-chatbot/adapter/medbot_config.json")
+
+On the command line every field is a flag (`--max-steps 40 --lora-r 16 --target-modules q_proj
+v_proj`), generated from this dataclass by `add_config_arguments` (its help is each field's
+docstring below): there is no second list of flags to keep in step.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,3 +249,92 @@ def auto_profile() -> str:
         return "embedded"
     big = torch.cuda.get_device_properties(0).total_memory >= 40 * 2**30
     return "fast" if big and torch.cuda.is_bf16_supported() else "colab-t4"
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A `--field-name value` flag for every MedbotConfig field (lists take several values, or none
+    for an empty list; booleans take true/false; optional fields take `none`), default unset: only
+    the flags given override."""
+    group = parser.add_argument_group("config fields (override the profile or --config file)")
+    hints = typing.get_type_hints(MedbotConfig)
+    docs = _field_docs()
+    for f in dataclasses.fields(MedbotConfig):
+        if "--" + f.name.replace("_", "-") in parser._option_string_actions:
+            continue  # the command has its own flag of that name (evaluate.py's sampling --seed)
+        kind, optional, many = _flag_type(hints[f.name])
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f"cfg__{f.name}", default=argparse.SUPPRESS,
+            nargs="*" if many else None, type=_parser(kind, optional), metavar=kind.__name__.upper(),
+            help=docs.get(f.name, "").replace("%", "%%"),
+        )  # fmt: skip
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The fields given on the command line, as `cfg.replace(**overrides)` takes them."""
+    out = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__"):
+            name = key.removeprefix("cfg__")
+            out[name] = None if value == ["none"] or value == [None] else value
+    return out
+
+
+def load_config_file(path: str | Path) -> MedbotConfig:
+    """A config from JSON (a saved medbot_config.json) or YAML; unknown keys are errors."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(MedbotConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {unknown}")
+        return MedbotConfig(**data)
+    return MedbotConfig.load(path)
+
+
+def _flag_type(hint: typing.Any) -> tuple[type, bool, bool]:
+    """(element type, optional, list) of a field's annotation: str | None -> (str, True, False)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], optional, True
+    return hint, optional, False
+
+
+def _parser(kind: type, optional: bool) -> typing.Callable[[str], typing.Any]:
+    def parse(text: str) -> typing.Any:
+        if optional and text.lower() == "none":
+            return None
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    """Each field's docstring (the string under it in the class body), for the flags' help."""
+    tree = ast.parse(inspect.getsource(MedbotConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if (
+                isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

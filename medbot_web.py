@@ -41,7 +41,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medbot_chat import CURSOR, DISCLAIMER, ReplyStream, banner, parse_history, respond_stream
-from medbot_config import MedbotConfig
+from medbot_config import MedbotConfig, add_config_arguments, config_overrides
 
 log = logging.getLogger("medbot.web")
 
@@ -717,9 +717,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=Limits.gen_timeout_s, help="generation timeout, seconds")
     ap.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
     ap.add_argument("--log-messages", action="store_true", help="log message text (off by default)")
+    add_config_arguments(ap)  # e.g. --temperature 0.3 over the adapter's saved config
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model, tokenizer, cfg, model_id = load_model(args.adapter)
+    cfg = cfg.replace(**config_overrides(args))
     limits = Limits(
         queue_size=args.queue_size, gen_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens
     )

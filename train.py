@@ -1,7 +1,8 @@
 """Train from a config file, on one GPU or several of one host (Accelerate / torchrun, DDP).
 
     python train.py --profile embedded                                   # one process
-    python train.py --config my_run.json                                 # a saved MedbotConfig
+    python train.py --profile embedded --max-steps 40 --lora-r 16        # any config field, as a flag
+    python train.py --config my_run.json                                 # a saved MedbotConfig (or .yaml)
     accelerate launch --num_processes 2 train.py --config my_run.json    # 2 GPUs, QLoRA + DDP
     torchrun --nproc_per_node 4 train.py --config my_run.json            # the same through torchrun
 
@@ -19,7 +20,7 @@ import argparse
 import logging
 import os
 
-from medbot_config import MedbotConfig, preset
+from medbot_config import MedbotConfig, add_config_arguments, config_overrides, load_config_file, preset
 from medbot_model import add_lora, load_base_model, load_tokenizer
 from medbot_train import build_trainer, evaluate, is_main_process, save_adapter, train
 from medbot_utils import load_dialogues, split_dialogues, tokenize_dialogues
@@ -42,17 +43,19 @@ def per_process(cfg: MedbotConfig, processes: int) -> MedbotConfig:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = ap.add_mutually_exclusive_group(required=True)
-    group.add_argument("--config", help="a MedbotConfig JSON (e.g. a saved medbot_config.json)")
+    group.add_argument("--config", help="a MedbotConfig as JSON (e.g. a saved medbot_config.json) or YAML")
     group.add_argument("--profile", help="a named profile: embedded, fast, colab-t4, falcon-7b")
-    ap.add_argument("--data", default=None, help="override data_path")
-    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument(
+        "--data", dest="cfg__data_path", default=argparse.SUPPRESS, help="the same as --data-path"
+    )
+    add_config_arguments(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
-    cfg = MedbotConfig.load(args.config) if args.config else preset(args.profile)
-    if args.data:
-        cfg = cfg.replace(data_path=args.data)
-    if args.max_steps:
-        cfg = cfg.replace(max_steps=args.max_steps)
+    cfg = load_config_file(args.config) if args.config else preset(args.profile)
+    try:
+        cfg = cfg.replace(**config_overrides(args))
+    except (TypeError, ValueError) as e:  # the config's own checks, named on the command line
+        ap.error(str(e))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     run_cfg = per_process(cfg, processes)
 

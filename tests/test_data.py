@@ -317,3 +317,45 @@ def test_every_failure_is_a_data_error_naming_the_file(tmp_path, name, content, 
     with pytest.raises(DataError, match=str(f) + ".*" if expected.startswith(":") else str(f)) as e:
         load_dialogues(f)
     assert expected in str(e.value)
+
+
+# ---------------------------------------------------------------- the config on the command line
+
+
+def test_every_config_field_is_a_flag_with_its_docstring_as_help(tmp_path):
+    import argparse
+    import dataclasses
+
+    from medbot_config import MedbotConfig, add_config_arguments, config_overrides, load_config_file, preset
+
+    parser = add_config_arguments(argparse.ArgumentParser())
+    text = parser.format_help()
+    for f in dataclasses.fields(MedbotConfig):  # one source of truth: no field without its flag
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "Quantize the 4-bit scales too" in text  # help is the field's own docstring
+    args = parser.parse_args(["--max-steps", "40", "--target-modules", "q_proj", "v_proj", "--packing", "true",
+                              "--input-field", "none", "--report-to", "--learning-rate", "1e-4"])  # fmt: skip
+    overrides = config_overrides(args)
+    assert overrides == {"max_steps": 40, "target_modules": ["q_proj", "v_proj"], "packing": True,
+                         "input_field": None, "report_to": [], "learning_rate": 1e-4}  # fmt: skip
+    cfg = preset("embedded").replace(**overrides)
+    assert cfg.max_steps == 40 and cfg.report_to == [] and cfg.model_name == preset("embedded").model_name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--packing", "maybe"])
+    (tmp_path / "run.yaml").write_text("max_steps: 7\nlora_r: 8\ntarget_modules: null\n")
+    loaded = load_config_file(tmp_path / "run.yaml")
+    assert (loaded.max_steps, loaded.lora_r, loaded.target_modules) == (7, 8, None)
+    (tmp_path / "bad.yaml").write_text("max_stpes: 7\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        load_config_file(tmp_path / "bad.yaml")
+
+
+def test_train_command_takes_field_flags_and_reports_bad_values(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = subprocess.run([sys.executable, "train.py", "--profile", "embedded", "--eval-fraction", "2"],
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2 and "eval_fraction must be in (0, 1)" in run.stderr
