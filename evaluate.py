@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -36,7 +37,7 @@ from medbot_eval import (
     paired_bootstrap,
 )
 from medbot_model import load_for_chat
-from medbot_utils import Dialogue, load_dialogues, split_dialogues
+from medbot_utils import Dialogue, load_dialogues, progress, split_dialogues
 
 METRICS = ("rouge_l", "bleu", "similarity", "words")
 
@@ -53,7 +54,7 @@ def evaluate_set(
             # batches of similar length: one long query would cut every answer in its batch short
             order = sorted(range(len(rows)), key=lambda j: len(rows[j].input))
             replies: list[Any] = [None] * len(rows)
-            for i in range(0, len(rows), batch):
+            for i in progress(range(0, len(rows), batch), f"{name} answers (batches of {batch})"):
                 idx = order[i : i + batch]
                 got = respond_batch(model, tok, cfg, [rows[j].input for j in idx], seed=seed + i,
                                     histories=[rows[j].history for j in idx], max_new_tokens=gen_tokens)  # fmt: skip
@@ -101,8 +102,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="report folder (default: the config's logs_dir)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(ap)  # e.g. --temperature 0.2 --max-eval-samples 20 over the adapter's config
     args = ap.parse_args()
+    if args.quiet:
+        os.environ["MEDBOT_PROGRESS"] = "0"
     model, tok, cfg = load_for_chat(args.adapter, merge=False)
     cfg = cfg.replace(**config_overrides(args))
     out_dir = Path(args.out or cfg.logs_dir)

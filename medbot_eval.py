@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from medbot_triage import Embedder  # all-MiniLM-L6-v2, shared with the triage model
-from medbot_utils import Dialogue, tokenize_conversation
+from medbot_utils import Dialogue, progress, tokenize_conversation
 
 # ----------------------------------------------------------------------------- text metrics
 
@@ -88,7 +88,7 @@ def answer_perplexity(
     """exp(mean loss over reference-answer tokens), the conversation tokenized as in training."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(dialogues), batch):
+    for i in progress(range(0, len(dialogues), batch), "perplexity (batches)"):
         rows = [
             tokenize_conversation(tokenizer, d.messages(), cfg.prompt_template, cfg.max_length)
             for d in dialogues[i : i + batch]
@@ -165,7 +165,7 @@ def option_logprobs(model: Any, tokenizer: Any, question: str, options: dict[str
 def knowledge_accuracy(model: Any, tokenizer: Any, questions: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy of picking the option with the highest mean log-probability."""
     correct = []
-    for q in questions:
+    for q in progress(questions, "knowledge questions"):
         scores = option_logprobs(model, tokenizer, q["question"], q["options"])
         correct.append(float(max(scores, key=scores.get) == q["answer_idx"]))
     return {"accuracy": statistics.fmean(correct) if correct else 0.0, "n": len(correct), "correct": correct}

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import chat_messages, render_chat, template_parts
+from medbot_utils import chat_messages, progress, render_chat, template_parts
 
 CARD_FACTS = Path(__file__).resolve().parent / "data" / "model_card.toml"
 TRAINING_CONFIG = "medbot_training_config.json"  # an export's copy of the adapter's config
@@ -87,7 +87,7 @@ def merge_to_dense(peft_model: Any, dtype: torch.dtype) -> tuple[Any, float]:
     model = peft_model.base_model.model
     swapped: list[str] = []
     worst = 0.0
-    for name, module in list(model.named_modules()):
+    for name, module in progress(list(model.named_modules()), "merging layers"):
         if any(name.startswith(done + ".") for done in swapped):
             continue  # inside a layer already merged (its base_layer, its LoRA matrices)
         if isinstance(module, LoraLayer):

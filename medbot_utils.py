@@ -589,6 +589,24 @@ class DataCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
+# ----------------------------------------------------------------------------- progress
+
+
+def progress(items: Any, desc: str, total: int | None = None) -> Any:
+    """A tqdm bar (count, rate, time left) over work that takes more than a few seconds.
+
+    Shown on a terminal or in a notebook, hidden in logs (not a TTY: CI); MEDBOT_PROGRESS=0
+    hides it everywhere (`--quiet` sets that), =1 shows it everywhere.
+    """
+    import os
+
+    from tqdm.auto import tqdm
+
+    setting = os.environ.get("MEDBOT_PROGRESS", "")
+    disable = {"0": True, "1": False}.get(setting)  # None: tqdm decides (no bar when not a TTY)
+    return tqdm(items, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True)
+
+
 # ----------------------------------------------------------------------------- length statistics
 
 

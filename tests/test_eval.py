@@ -124,3 +124,19 @@ def test_load_mcq_validates(tmp_path):
     f.write_text(json.dumps({"question": "q", "options": {"A": "x"}, "answer_idx": "B"}) + "\n")
     with pytest.raises(ValueError, match=r"q\.jsonl:1"):
         load_mcq(f)
+
+
+def test_long_loops_show_a_progress_bar_unless_quiet(tiny, capsys, monkeypatch):
+    from medbot_eval import knowledge_accuracy
+
+    model, tok, _ = tiny
+    questions = [
+        {"question": f"Q{i}?", "options": {"A": "yes", "B": "no"}, "answer_idx": "A"} for i in range(3)
+    ]
+    monkeypatch.setenv("MEDBOT_PROGRESS", "1")
+    knowledge_accuracy(model, tok, questions)
+    bar = capsys.readouterr().err
+    assert "knowledge questions" in bar and "/3 [" in bar  # count of the total, and a rate
+    monkeypatch.setenv("MEDBOT_PROGRESS", "0")  # what --quiet sets
+    knowledge_accuracy(model, tok, questions)
+    assert "knowledge questions" not in capsys.readouterr().err
