@@ -60,7 +60,7 @@ class MedbotConfig:
     """Layers that get adapters; None finds every linear layer of the blocks automatically."""
     # --- data ---
     data_path: str = "data/sample_dialogues.jsonl"
-    """JSON array, JSON Lines or CSV file, or a Hugging Face dataset id (`hf:owner/name`)."""
+    """JSON array, JSON Lines or CSV file (a path or an http(s) URL), or a Hugging Face dataset id (`hf:owner/name`)."""
     input_field: str | None = None
     """Column holding the patient query; None detects input/Patient/question/instruction shapes."""
     output_field: str | None = None

@@ -104,7 +104,8 @@ def load_dialogues(
     under `messages` (OpenAI: role/content) or `conversations` (ShareGPT: from/value).
 
     Args:
-        source: a file path, or `hf:owner/name` for a Hugging Face dataset (train split).
+        source: a file path, an http(s) URL of a .json/.jsonl/.csv file, or `hf:owner/name`
+            for a Hugging Face dataset (train split).
         input_field: column of the patient query; None detects it from common shapes.
         output_field: column of the doctor answer; None detects it.
 
@@ -119,6 +120,8 @@ def load_dialogues(
     source = str(source)
     if source.startswith("hf:"):
         records = _read_hub_dataset(source[3:])
+    elif source.startswith(("http://", "https://")):
+        records = _read_url(source)
     else:
         records = _read_file(Path(source))
     if not records:
@@ -150,23 +153,48 @@ def load_dialogues(
 def _read_file(path: Path) -> list[tuple[str, Any]]:
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    raw = path.read_bytes()
+    return _parse_bytes(path, path.read_bytes(), path.suffix.lower())
+
+
+URL_TIMEOUT_S = 60
+
+
+def _read_url(url: str) -> list[tuple[str, Any]]:
+    """A data file by http(s) URL (a raw file in a public repository), read like a local one;
+    its records are named `url:line`. The type comes from the URL's file name."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    from pathlib import PurePosixPath
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as e:
+        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"{url}: cannot download ({reason}); without a network, download the file "
+                        "elsewhere and pass its path") from e  # fmt: skip
+    return _parse_bytes(url, raw, PurePosixPath(urllib.parse.urlparse(url).path).suffix.lower())
+
+
+def _parse_bytes(name: str | Path, raw: bytes, suffix: str) -> list[tuple[str, Any]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes are not UTF-8 (byte {e.start}: {e.reason})") from e
-    suffix = path.suffix.lower()
+        raise DataError(f"{name}:{line}: bytes are not UTF-8 (byte {e.start}: {e.reason})") from e
     if suffix == ".jsonl":
-        return _parse_jsonl(path, text)
+        return _parse_jsonl(name, text)
     if suffix == ".json":
-        return _parse_json_array(path, text)
+        return _parse_json_array(name, text)
     if suffix == ".csv":
-        return _parse_csv(path, text)
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .csv)")
+        return _parse_csv(name, text)
+    raise DataError(f"{name}: unsupported file type {suffix!r} (use .json, .jsonl or .csv)")
 
 
-def _parse_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
+def _parse_jsonl(path: str | Path, text: str) -> list[tuple[str, Any]]:
     records = []
     # split on "\n" only: str.splitlines also breaks at U+2028/U+2029/U+0085, which JSON allows
     # inside strings, and would cut such a record in two
@@ -183,7 +211,7 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[str, Any]]:
     return records
 
 
-def _parse_json_array(path: Path, text: str) -> list[tuple[str, Any]]:
+def _parse_json_array(path: str | Path, text: str) -> list[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -227,7 +255,7 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
-def _parse_csv(path: Path, text: str) -> list[tuple[str, Any]]:
+def _parse_csv(path: str | Path, text: str) -> list[tuple[str, Any]]:
     # strict: a malformed quote (an answer whose quote never closes would otherwise swallow every
     # following row into one answer, silently) is an error naming the line where its record starts
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)

@@ -359,3 +359,33 @@ def test_train_command_takes_field_flags_and_reports_bad_values(tmp_path):
     run = subprocess.run([sys.executable, "train.py", "--profile", "embedded", "--eval-fraction", "2"],
                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 2 and "eval_fraction must be in (0, 1)" in run.stderr
+
+
+def test_data_by_url_from_a_local_server_and_clear_errors_when_missing_or_offline(tmp_path):
+    import functools
+    import http.server
+    import socket
+    import threading
+
+    write(tmp_path / "d.jsonl", jsonl([{"input": "Q1", "output": "A1"}, {"input": "Q2", "output": "A2"}]))
+    write(tmp_path / "bad.jsonl", '{"input": "Q1", "output": "A1"}\n{"input": oops}\n')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        rows, report = load_dialogues(f"{base}/d.jsonl")
+        assert [r.input for r in rows] == ["Q1", "Q2"] and rows[1].where == f"{base}/d.jsonl:2"
+        assert report.source == f"{base}/d.jsonl"
+        with pytest.raises(DataError, match=rf"{base}/bad.jsonl:2: bad JSON"):
+            load_dialogues(f"{base}/bad.jsonl")
+        with pytest.raises(DataError, match=rf"{base}/missing.jsonl: HTTP 404"):
+            load_dialogues(f"{base}/missing.jsonl")
+    finally:
+        server.shutdown()
+    with socket.socket() as s:  # a port nothing listens on: what offline looks like
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/d.jsonl"
+    with pytest.raises(DataError, match="cannot download .*pass its path"):
+        load_dialogues(dead)
