@@ -47,6 +47,7 @@ class MetricsFileCallback(TrainerCallback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.written: list[dict[str, Any]] = []  # rows of this process (e.g. an eval before training)
+        self.evals: list[float] = []  # eval losses during training, for the overfitting flag
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -65,6 +66,13 @@ class MetricsFileCallback(TrainerCallback):
         row.update(
             {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}
         )
+        if "eval_loss" in row and state.global_step > 0:
+            self.evals.append(row["eval_loss"])
+            if len(self.evals) >= 3 and self.evals[-3] < self.evals[-2] < self.evals[-1]:
+                row["eval_loss_rising"] = True  # the plot marks it
+                log.warning("eval loss rose at two evals in a row (%s): the model may be overfitting; "
+                            "the checkpoint before the rise may be the better one",
+                            " -> ".join(f"{x:.3f}" for x in self.evals[-3:]))  # fmt: skip
         if len(row) > 2:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
@@ -148,6 +156,26 @@ def one_gpu_per_process(args: TrainingArguments, visible: int) -> TrainingArgume
     return args
 
 
+EPOCHS_WARN = 3.0  # passes over the training dialogues beyond which a small set is memorised
+
+
+def epochs_warning(cfg: MedbotConfig, dialogues: int, per_row: float = 1.0) -> str:
+    """How many times the run will see each training dialogue, and a warning above EPOCHS_WARN.
+
+    epochs = max_steps x rows per step (batch_size x grad_accum) x dialogues per row (1, or
+    the packing's average) / training dialogues.
+    """
+    per_step = cfg.batch_size * cfg.grad_accum * per_row
+    epochs = cfg.max_steps * per_step / max(1, dialogues)
+    line = (f"Training passes over the data: {epochs:.1f} epochs ({cfg.max_steps} steps x {per_step:.0f} "
+            f"dialogues a step / {dialogues} training dialogues)")  # fmt: skip
+    if epochs > EPOCHS_WARN:
+        fewer = max(1, int(EPOCHS_WARN * dialogues / per_step))
+        line += (f"\nWARNING: over {EPOCHS_WARN:g} epochs the model learns these {dialogues} dialogues by heart "
+                 f"rather than how doctors answer: use more data (data_path), or about {fewer} steps (max_steps)")  # fmt: skip
+    return line
+
+
 def build_trainer(
     model: Any, tokenizer: Any, train_samples: list[dict], eval_samples: list[dict], cfg: MedbotConfig
 ) -> Trainer:
@@ -158,6 +186,7 @@ def build_trainer(
             "at least one (check the data and drop reports, max_length and eval_fraction)"
         )
     collator: Any = DataCollator(tokenizer.pad_token_id)
+    dialogues = len(train_samples)
     if cfg.packing:
         from medbot_fast import PackedCollator, enable_packing, pack_samples, packing_efficiency
 
@@ -167,6 +196,8 @@ def build_trainer(
         log.info("packed into %d rows of %d tokens (%.0f%% dialogue tokens, %s attention)",
                  len(train_samples), cfg.pack_tokens, 100 * packing_efficiency(train_samples), path)  # fmt: skip
         collator = PackedCollator()
+    if is_main_process():
+        print(epochs_warning(cfg, dialogues, dialogues / len(train_samples)))
     return Trainer(
         model=model,
         args=training_args(cfg),
@@ -351,6 +382,9 @@ def plot_losses(metrics_path: str | Path, path: str | Path) -> Path:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts), style, label=label)
+    rising = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss_rising")]
+    if rising:
+        ax.plot(*zip(*rising), "rx", markersize=10, label="eval loss rising (overfitting?)")
     ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)", title="Training")
     ax.legend()
     fig.tight_layout()

@@ -240,3 +240,28 @@ def test_one_process_never_becomes_data_parallel_on_a_multi_gpu_machine(tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")
     args._n_gpu = 2
     assert one_gpu_per_process(args, visible=2).n_gpu == 2  # distributed: each process has its own GPU
+
+
+def test_overfitting_guard_counts_epochs_and_flags_a_rising_eval_loss(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from medbot_config import reference
+    from medbot_train import MetricsFileCallback, epochs_warning, plot_losses
+
+    seed = reference()  # 500 steps x 4 x 2 rows
+    small = epochs_warning(seed, 55)
+    assert "72.7 epochs (500 steps x 8 dialogues a step / 55 training dialogues)" in small
+    assert "WARNING" in small and "about 20 steps (max_steps)" in small
+    assert "WARNING" not in epochs_warning(seed, 5000)  # 0.8 epochs
+    assert "0.8 epochs" in epochs_warning(seed.replace(packing=True), 50_000, per_row=10.0)
+
+    callback = MetricsFileCallback(tmp_path / "metrics.jsonl")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, epoch=0.0)
+    with caplog.at_level("WARNING", logger="medbot_train"):
+        for step, loss in ((10, 2.0), (20, 1.5), (30, 1.6), (40, 1.8)):
+            state.global_step = step
+            callback.on_log(None, state, None, logs={"eval_loss": loss})
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r.get("eval_loss_rising", False) for r in rows] == [False, False, False, True]
+    assert "eval loss rose at two evals in a row (1.500 -> 1.600 -> 1.800)" in caplog.text
+    assert plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png").stat().st_size > 5000
