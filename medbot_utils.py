@@ -487,12 +487,22 @@ def chat_template(
 
 
 def template_for(tokenizer: Any, template: str) -> str:
-    """`chat_template` for this tokenizer: its BOS if it adds one to text, its special tokens neutralised."""
+    """`chat_template` for this tokenizer: its BOS if it adds one to text, its special tokens neutralised.
+
+    Kept on the tokenizer (tokenizing a dataset renders every conversation several times), keyed
+    by what it depends on, so a token added later makes a new one.
+    """
+    key = (template, len(tokenizer), tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+    cached = getattr(tokenizer, "_medbot_template", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     specials = {
         *tokenizer.all_special_tokens,
         *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special),
     }
-    return chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None, sorted(specials))
+    text = chat_template(template, tokenizer.bos_token if adds_bos(tokenizer) else None, sorted(specials))
+    tokenizer._medbot_template = (key, text)
+    return text
 
 
 def adds_bos(tokenizer: Any) -> bool:
