@@ -672,7 +672,13 @@ def test_a_body_sent_too_slowly_gets_408_and_frees_the_connection(slow_server):
     s.settimeout(5)
     started = time.monotonic()
     answer = s.recv(1000)
-    assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer and time.monotonic() - started < 4
+    first = time.monotonic() - started
+    while b'"timeout"' not in answer:  # the body may come in a later packet than the headers
+        more = s.recv(1000)
+        if not more:
+            break
+        answer += more
+    assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer and first < 4
     s.close()
 
 
