@@ -37,7 +37,7 @@ from medbot_eval import (
     paired_bootstrap,
 )
 from medbot_model import load_for_chat
-from medbot_utils import Dialogue, load_dialogues, progress, split_dialogues
+from medbot_utils import Dialogue, load_data, load_dialogues, parse_sources, progress
 
 METRICS = ("rouge_l", "bleu", "similarity", "words")
 
@@ -93,8 +93,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", default="falcon-patient-chatbot/adapter")
     ap.add_argument(
-        "--heldout", type=int, default=50, help="held-out dialogues to evaluate (from the saved split)"
+        "--heldout",
+        type=int,
+        default=50,
+        help="held-out dialogues to evaluate, per source (from the saved split)",
     )
+    ap.add_argument("--eval-data", default=None, help="evaluate on the held-out split of this data_path instead of "
+                    "the adapter's (e.g. a mix; the split by query hash keeps the adapter's own held-out queries out)")  # fmt: skip
     ap.add_argument("--liveqa", default=None, help="liveqa-test.jsonl (never trained on)")
     ap.add_argument("--knowledge", default=None, help="folder of multiple-choice .jsonl files")
     ap.add_argument("--mcq", type=int, default=100, help="questions per knowledge file (seeded sample)")
@@ -111,12 +116,13 @@ def main() -> None:
     cfg = cfg.replace(**config_overrides(args))
     out_dir = Path(args.out or cfg.logs_dir)
     embedder = Embedder()
-    rows, _ = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)
-    held = split_dialogues(rows, cfg.eval_fraction, cfg.seed)[1][: args.heldout]
+    held_by_source = heldout_sets(cfg.replace(data_path=args.eval_data or cfg.data_path), args.heldout)
+    held = next(iter(held_by_source.values()))
     started = time.time()
     gen = {"batch": args.batch, "seed": args.seed, "gen_tokens": args.gen_tokens}
-    results: dict[str, Any] = {"sets": {"held-out": evaluate_set(model, tok, cfg, held, embedder, **gen)}}
-    data_files = [cfg.data_path]
+    results: dict[str, Any] = {"sets": {name: evaluate_set(model, tok, cfg, rows, embedder, **gen)
+                                        for name, rows in held_by_source.items()}}  # fmt: skip
+    data_files = [spec for spec, _ in parse_sources(args.eval_data or cfg.data_path)]
     if args.liveqa:
         live, _ = load_dialogues(args.liveqa)
         results["sets"]["liveqa"] = evaluate_set(model, tok, cfg, live, embedder, **gen)
@@ -126,6 +132,16 @@ def main() -> None:
         data_files += [str(p) for p in sorted(Path(args.knowledge).glob("*.jsonl"))]
     results["run"] = run_facts(cfg, args.seed, data_files, time.time() - started)
     write_report(results, cfg, held, out_dir)
+
+
+def heldout_sets(cfg: Any, per_source: int) -> dict[str, list[Dialogue]]:
+    """The held-out dialogues of the run's split, up to `per_source` from each source: one set
+    `held-out` for a single source, `held-out <name>` for each source of a mix."""
+    data = load_data(cfg.replace(max_eval_samples=None))
+    names = list(dict.fromkeys(d.source for d in data.eval))
+    if len(names) == 1:
+        return {"held-out": data.eval[:per_source]}
+    return {f"held-out {name}": [d for d in data.eval if d.source == name][:per_source] for name in names}
 
 
 def run_facts(cfg: Any, seed: int, files: list[str], seconds: float) -> dict:
@@ -180,10 +196,11 @@ def write_report(results: dict, cfg: Any, held: list[Dialogue], out_dir: Path) -
             d = k["diff"]
             lines.append(f"| {name} | {k['n']} | {k['base']:.3f} | {k['finetuned']:.3f} | "
                          f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")  # fmt: skip
-    held_set = results["sets"]["held-out"]
+    held_name = next(iter(results["sets"]))
+    held_set = results["sets"][held_name]
     lines += [
         "",
-        "## Example answers (held-out)",
+        f"## Example answers ({held_name})",
         "",
         "| patient query | reference | base | fine-tuned |",
         "|---|---|---|---|",

@@ -34,6 +34,11 @@ PROMPT_TEMPLATE = (
     "### Doctor opinion:"
 )
 CONFIG_FILE = "medbot_config.json"
+# The GPU profiles' default data: ChatDoctor's GenMedGPT-5k (5,452 synthetic patient/doctor
+# exchanges, Apache-2.0, research use only; 3.1 MB), by URL at a fixed commit of its repository.
+GENMEDGPT_URL = ("https://raw.githubusercontent.com/Kent0n-Li/ChatDoctor/"
+                 "1b0c03698c327bb84293bfd398c308a3950725bf/chatdoctor5k.json")  # fmt: skip
+SAMPLE_DATA = "data/sample_dialogues.jsonl"  # 61 exchanges written for this project: offline default
 
 
 @dataclass
@@ -59,12 +64,17 @@ class MedbotConfig:
     target_modules: list[str] | None = field(default_factory=lambda: list(FALCON_TARGETS))
     """Layers that get adapters; None finds every linear layer of the blocks automatically."""
     # --- data ---
-    data_path: str = "data/sample_dialogues.jsonl"
-    """JSON array, JSON Lines or CSV file (a path or an http(s) URL), or a Hugging Face dataset id (`hf:owner/name`)."""
+    data_path: str = GENMEDGPT_URL
+    """JSON array, JSON Lines or CSV file (a path or an http(s) URL), or a Hugging Face dataset id
+    (`hf:owner/name`); several, comma-separated, each with an optional weight, mix:
+    `a.jsonl:1,b.jsonl:0.5`. GPU profiles default to GenMedGPT-5k by URL; `embedded` to the sample."""
     input_field: str | None = None
     """Column holding the patient query; None detects input/Patient/question/instruction shapes."""
     output_field: str | None = None
     """Column holding the doctor answer; None detects output/Doctor/answer shapes."""
+    near_duplicates: float = 0.8
+    """Drop a dialogue whose word-trigram Jaccard similarity to an earlier one (any source) is at
+    least this; 1.0 drops exact repeats only."""
     eval_fraction: float = 0.1
     """Share of distinct patient queries held out for evaluation."""
     max_eval_samples: int | None = None
@@ -134,6 +144,8 @@ class MedbotConfig:
             raise ValueError("prompt_template must contain a {query} slot")
         if self.overlong not in ("truncate", "drop"):
             raise ValueError(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
+        if not 0.0 < self.near_duplicates <= 1.0:
+            raise ValueError(f"near_duplicates must be in (0, 1], got {self.near_duplicates}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.max_length < 16 or self.gen_max_length < 16:
@@ -215,6 +227,7 @@ def embedded() -> MedbotConfig:
     """Offline CPU default: SmolLM2-135M-Instruct from its PyPI GGUF, fp32 LoRA, a few minutes."""
     return MedbotConfig(
         model_name=EMBEDDED_MODEL,
+        data_path=SAMPLE_DATA,
         load_in_4bit=False,  # bitsandbytes 4-bit on CPU is slower than fp32 for a 135M model
         compute_dtype="fp32",
         target_modules=None,

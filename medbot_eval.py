@@ -81,13 +81,22 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: 
 # ----------------------------------------------------------------------------- perplexity of references
 
 
-@torch.inference_mode()
 def answer_perplexity(
     model: Any, tokenizer: Any, cfg: Any, dialogues: list[Dialogue], batch: int = 8
 ) -> float:
     """exp(mean loss over reference-answer tokens), the conversation tokenized as in training."""
+    losses = answer_losses(model, tokenizer, cfg, dialogues, batch)
+    return math.exp(sum(nll for nll, _ in losses) / max(1, sum(n for _, n in losses)))
+
+
+@torch.inference_mode()
+def answer_losses(
+    model: Any, tokenizer: Any, cfg: Any, dialogues: list[Dialogue], batch: int = 8
+) -> list[tuple[float, int]]:
+    """Per dialogue: (summed negative log-likelihood of its reference-answer tokens, their count).
+    Kept per dialogue so that two models can be compared on the same dialogues with an interval."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     for i in progress(range(0, len(dialogues), batch), "perplexity (batches)"):
         rows = [
             tokenize_conversation(tokenizer, d.messages(), cfg.prompt_template, cfg.max_length)
@@ -109,12 +118,9 @@ def answer_perplexity(
         target = labels[:, 1:].to(device)
         keep = target != -100
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        total += float(-(picked * keep).sum())
-        count += int(keep.sum())
-    return math.exp(total / max(count, 1))
-
-
-# ----------------------------------------------------------------------------- knowledge probe
+        nll, count = (-(picked * keep)).sum(dim=1).tolist(), keep.sum(dim=1).tolist()
+        out += [(float(a), int(b)) for a, b in zip(nll, count)]
+    return out
 
 
 def load_mcq(path: str | Path, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import chat_messages, progress, render_chat, template_parts
+from medbot_utils import chat_messages, parse_sources, progress, render_chat, template_parts
 
 CARD_FACTS = Path(__file__).resolve().parent / "data" / "model_card.toml"
 TRAINING_CONFIG = "medbot_training_config.json"  # an export's copy of the adapter's config
@@ -439,26 +439,32 @@ def _card_model(
 
 
 def _card_data(cfg: MedbotConfig, facts: dict) -> str:
-    path = Path(cfg.data_path)
-    lines = ["## Training data", "", "| file | sha256 | licence |", "|---|---|---|"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "(not a local file)"
-    lines.append(
-        f"| `{path.name}` | `{digest}` | {facts['data_licence'].get(path.name, 'licence not recorded')} |"
-    )
+    lines = ["## Training data", "", "| source | weight | sha256 | licence |", "|---|---|---|---|"]
+    for spec, weight in parse_sources(cfg.data_path):
+        path, name = Path(spec), _data_file_name(spec)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "(not a local file)"
+        licence = facts["data_licence"].get(name, "licence not recorded")
+        lines.append(
+            f"| `{spec if '://' in spec or spec.startswith('hf:') else name}` | {weight:g} | `{digest}` | {licence} |"
+        )
     lines += [
         "",
+        f"Exact repeats and near duplicates (word-trigram similarity >= {cfg.near_duplicates:g}) removed across sources. "
         f"Split: {cfg.eval_fraction:.0%} of distinct first patient messages held out for evaluation (seed {cfg.seed}).",
-    ]
+    ]  # fmt: skip
     return "\n".join(lines)
 
 
+def _data_file_name(spec: str) -> str:
+    return spec[3:] if spec.startswith("hf:") else Path(spec.split("?")[0]).name
+
+
 def _card_recipe(cfg: MedbotConfig) -> str:
-    r = cfg
     lines = ["## Recipe", "",
-             f"{'QLoRA (4-bit NF4' + (', double quantization' if r.double_quant else '') + ')' if r.load_in_4bit else 'LoRA'}: "
-             f"rank {r.lora_r}, alpha {r.lora_alpha}, dropout {r.lora_dropout} on {', '.join(r.target_modules or ['every linear layer'])}; "
-             f"batch {r.batch_size} × {r.grad_accum} accumulation, learning rate {r.learning_rate}, {r.max_steps} steps, "
-             f"max length {r.max_length}{', packed rows of ' + str(r.pack_tokens) if r.packing else ''}.",
+             f"{'QLoRA (4-bit NF4' + (', double quantization' if cfg.double_quant else '') + ')' if cfg.load_in_4bit else 'LoRA'}: "
+             f"rank {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout} on {', '.join(cfg.target_modules or ['every linear layer'])}; "
+             f"batch {cfg.batch_size} × {cfg.grad_accum} accumulation, learning rate {cfg.learning_rate}, {cfg.max_steps} steps, "
+             f"max length {cfg.max_length}{', packed rows of ' + str(cfg.pack_tokens) if cfg.packing else ''}.",
              "", "<details><summary>The full config (medbot_config.json)</summary>", "", "```json",
              json.dumps(cfg.__dict__, indent=2), "```", "", "</details>"]  # fmt: skip
     return "\n".join(lines)
@@ -505,11 +511,12 @@ def _card_safety() -> str:
 
 
 def _card_licences(cfg: MedbotConfig, base: str, licence: str | None, facts: dict) -> str:
-    name = Path(cfg.data_path).name
+    names = [_data_file_name(spec) for spec, _ in parse_sources(cfg.data_path)]
     return "\n".join([
         "## Licences", "",
         f"- Weights: derived from `{base}`, licence {licence or 'not recorded: check the base model card'}.",
-        f"- Training data `{name}`: {facts['data_licence'].get(name, 'licence not recorded: check its source')}.",
+        *[f"- Training data `{name}`: {facts['data_licence'].get(name, 'licence not recorded: check its source')}."
+          for name in names],
         "- Use: research and education only; not a medical device and not for medical use.",
     ])  # fmt: skip
 

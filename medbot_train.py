@@ -29,7 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
 from medbot_config import CONFIG_FILE, TRACKERS, MedbotConfig
-from medbot_utils import DataCollator, install_chat_template
+from medbot_utils import DataCollator, install_chat_template, parse_sources, source_name
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,27 @@ def epochs_warning(cfg: MedbotConfig, dialogues: int, per_row: float = 1.0) -> s
     """How many times the run will see each training dialogue, and a warning above EPOCHS_WARN.
 
     epochs = max_steps x rows per step (batch_size x grad_accum) x dialogues per row (1, or
-    the packing's average) / training dialogues.
+    the packing's average) / training dialogues (after the sources' weights). With several
+    sources, or a weight, each source's passes are its weight times that, one line each.
     """
     per_step = cfg.batch_size * cfg.grad_accum * per_row
     epochs = cfg.max_steps * per_step / max(1, dialogues)
-    line = (f"Training passes over the data: {epochs:.1f} epochs ({cfg.max_steps} steps x {per_step:.0f} "
-            f"dialogues a step / {dialogues} training dialogues)")  # fmt: skip
-    if epochs > EPOCHS_WARN:
-        fewer = max(1, int(EPOCHS_WARN * dialogues / per_step))
-        line += (f"\nWARNING: over {EPOCHS_WARN:g} epochs the model learns these {dialogues} dialogues by heart "
-                 f"rather than how doctors answer: use more data (data_path), or about {fewer} steps (max_steps)")  # fmt: skip
-    return line
+    lines = [f"Training passes over the data: {epochs:.1f} epochs ({cfg.max_steps} steps x {per_step:.0f} "
+             f"dialogues a step / {dialogues} training dialogues)"]  # fmt: skip
+    sources = parse_sources(cfg.data_path)
+    if len(sources) > 1 or sources[0][1] != 1.0:
+        lines += [
+            f"  {source_name(spec)}: {epochs * weight:.1f} epochs (weight {weight:g})"
+            for spec, weight in sources
+        ]
+    over = [(source_name(spec), epochs * weight) for spec, weight in sources if epochs * weight > EPOCHS_WARN]
+    if over:
+        fewer = max(1, int(EPOCHS_WARN * cfg.max_steps / max(e for _, e in over)))
+        names = ", ".join(f"{name} ({e:.1f})" for name, e in over)
+        lines.append(f"WARNING: over {EPOCHS_WARN:g} epochs of {names}: the model learns these {dialogues} dialogues "
+                     f"by heart rather than how doctors answer: use more data (data_path), a lower weight, "
+                     f"or about {fewer} steps (max_steps)")  # fmt: skip
+    return "\n".join(lines)
 
 
 def build_trainer(
@@ -234,6 +244,33 @@ def evaluate(trainer: Trainer) -> dict[str, float]:
     metrics = trainer.evaluate()
     loss = metrics["eval_loss"]
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def evaluate_sources(
+    trainer: Trainer, eval_samples: list[dict], tokenizer: Any, cfg: MedbotConfig
+) -> dict[str, dict[str, float]]:
+    """Eval loss and perplexity on each source's held-out dialogues (empty for a single source):
+    what a mix does for each kind of data, beside the overall number."""
+    names = list(dict.fromkeys(s["source"] for s in eval_samples))
+    if len(names) < 2:
+        return {}
+    out = {}
+    for name in names:
+        mine = [s for s in eval_samples if s["source"] == name]
+        if cfg.packing:
+            from medbot_fast import pack_samples
+
+            mine = pack_samples(mine, cfg.pack_tokens, tokenizer.pad_token_id, cfg.seed)
+        loss = trainer.evaluate(eval_dataset=mine, metric_key_prefix="eval_source")["eval_source_loss"]
+        out[name] = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "dialogues": sum(
+            s["source"] == name for s in eval_samples)}  # fmt: skip
+    return out
+
+
+def format_sources(by_source: dict[str, dict[str, float]]) -> str:
+    """One line a source: held-out dialogues, eval loss, perplexity."""
+    return "\n".join(f"  {name:<28} {m['dialogues']:>5} held-out  eval loss {m['eval_loss']:.4f}  "
+                     f"perplexity {m['perplexity']:.2f}" for name, m in by_source.items())  # fmt: skip
 
 
 def train(trainer: Trainer, cfg: MedbotConfig) -> Any:
@@ -325,7 +362,7 @@ def _check_safetensors_length(path: Path) -> None:
 
 # Fields that change what a checkpoint has learned; a resumed run must agree on all of them
 # (max_steps, eval_steps and logging may change: extending a run is a normal resume).
-SAME_RUN_FIELDS = ("model_name", "data_path", "input_field", "output_field", "eval_fraction", "seed", "max_length",
+SAME_RUN_FIELDS = ("model_name", "data_path", "input_field", "output_field", "near_duplicates", "eval_fraction", "seed", "max_length",
                    "prompt_template", "lora_r", "lora_alpha", "target_modules", "load_in_4bit", "packing",
                    "pack_tokens", "batch_size", "grad_accum")  # fmt: skip
 

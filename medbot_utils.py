@@ -19,7 +19,9 @@ file, line and field. Nothing is dropped silently.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import json
 import logging
 import random
@@ -56,6 +58,7 @@ class Dialogue:
     where: str  # "file:line" (or "dataset:record N"), for reports and errors
     history: list[tuple[str, str]] = field(default_factory=list)  # earlier (patient, doctor) turns
     system: str = ""  # a system turn, if the conversation had one
+    source: str = ""  # the short name of the file or dataset it came from (per-source stats)
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation as chat messages (system, user, assistant, ...), as chat templates read them."""
@@ -145,7 +148,8 @@ def load_dialogues(
             report.drop("exact duplicate", where)
             continue
         seen.add(key)
-        dialogues.append(Dialogue(pairs[-1][0], pairs[-1][1], where, history=pairs[:-1], system=system))
+        dialogues.append(Dialogue(pairs[-1][0], pairs[-1][1], where, history=pairs[:-1], system=system,
+                                  source=source_name(source)))  # fmt: skip
     log.info(report.summary())
     return dialogues, report
 
@@ -394,17 +398,202 @@ def normalize_query(text: str) -> str:
 def split_dialogues(
     dialogues: list[Dialogue], eval_fraction: float, seed: int
 ) -> tuple[list[Dialogue], list[Dialogue]]:
-    """Deterministic train/eval split by distinct first patient message: none lands in both."""
-    groups: dict[str, list[Dialogue]] = {}
-    for d in dialogues:
-        groups.setdefault(normalize_query(d.first_query), []).append(d)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    n_eval = max(1, round(len(keys) * eval_fraction)) if len(keys) > 1 else 0
-    eval_keys = set(keys[:n_eval])
+    """Deterministic train/eval split by distinct first patient message: none lands in both.
+
+    A query's side depends only on the query and the seed (a hash below `eval_fraction`), not on
+    what else is in the data: adding a source, or training on one source of a mix, never moves a
+    query across the split, so a model trained on one file can be evaluated on the held-out part
+    of a mix. Below SMALL_SPLIT distinct queries, where a hash's luck would matter (61 queries
+    might hold out 2 or 11), exactly round(n x eval_fraction) are held out, lowest hashes first.
+    """
+    keys = sorted({normalize_query(d.first_query) for d in dialogues}, key=lambda k: _unit_hash(k, seed))
+    eval_keys = {k for k in keys if _unit_hash(k, seed) < eval_fraction}
+    if len(keys) < SMALL_SPLIT and len(keys) > 1:  # a small file: exactly its share, at least one
+        eval_keys = set(keys[: max(1, round(len(keys) * eval_fraction))])
     train = [d for d in dialogues if normalize_query(d.first_query) not in eval_keys]
     evals = [d for d in dialogues if normalize_query(d.first_query) in eval_keys]
     return train, evals
+
+
+SMALL_SPLIT = 1000  # distinct queries below which the split takes exactly its share (hash order)
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the key and the seed (the same on every machine and run)."""
+    digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+# ----------------------------------------------------------------------------- several sources
+
+
+@dataclass
+class DataSplit:
+    """The training and evaluation dialogues of every source, and what happened to each record."""
+
+    train: list[Dialogue]  # weighted: a source of weight 2 appears twice, of weight 0.5 half
+    eval: list[Dialogue]  # unweighted, sources interleaved so any prefix is balanced
+    reports: list[DataReport]  # one a source: its drops, near duplicates included
+    weights: dict[str, float]
+    train_unweighted: dict[str, int]  # training rows a source had before its weight
+
+    def summary(self) -> str:
+        """A table: per source, records read, kept, train rows (before and after weight), eval rows."""
+        lines = [report.summary() for report in self.reports]
+        if len(self.reports) > 1 or any(w != 1.0 for w in self.weights.values()):
+            header = f"{'source':<28} {'records':>8} {'kept':>7} {'weight':>6} {'train':>7} {'eval':>6}"
+            lines += ["", header]
+            for report, name in zip(self.reports, self.weights):
+                n_train = sum(d.source == name for d in self.train)
+                n_eval = sum(d.source == name for d in self.eval)
+                lines.append(f"{name:<28} {report.records:>8} {report.kept:>7} {self.weights[name]:>6g} "
+                             f"{n_train:>7} {n_eval:>6}")  # fmt: skip
+            lines.append(f"{'all':<28} {sum(r.records for r in self.reports):>8} "
+                         f"{sum(r.kept for r in self.reports):>7} {'':>6} {len(self.train):>7} {len(self.eval):>6}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def load_data(cfg: Any) -> DataSplit:
+    """Every source of `cfg.data_path`, deduplicated across sources, split, weighted.
+
+    `data_path` is one source or several, comma-separated, each with an optional weight:
+    `genmedgpt5k.jsonl:1,health-forums.jsonl:0.5,hf:owner/name:2`. In order:
+    1. each source is loaded (`load_dialogues`: validation, exact duplicates within it);
+    2. a dialogue equal to an earlier one of any source (case and spacing ignored) is dropped, and
+       so is a near duplicate of any earlier dialogue: word-trigram Jaccard similarity of the
+       whole conversation at least `cfg.near_duplicates` (MinHash LSH from `datasketch` finds the
+       candidates, the exact similarity decides); each drop names the dialogue it repeats;
+    3. the split by first patient query runs over all sources at once (`split_dialogues`: a
+       query is on one side only, whichever source it comes from);
+    4. a source's training rows are repeated (weight > 1) or subsampled (weight < 1), seeded.
+       Evaluation rows are never weighted: every source is measured on all of its held-out rows
+       (up to `cfg.max_eval_samples` in all, taken in turn from each source).
+    """
+    sources = parse_sources(cfg.data_path)
+    names = [source_name(spec) for spec, _ in sources]
+    if len(set(names)) < len(names):
+        raise ValueError(f"data_path {cfg.data_path!r}: two sources share a name ({names}); rename one file")
+    loaded = [load_dialogues(spec, cfg.input_field, cfg.output_field) for spec, _ in sources]
+    reports = [report for _, report in loaded]
+    dialogues = drop_repeats([rows for rows, _ in loaded], reports, cfg.near_duplicates)
+    train, evals = split_dialogues(dialogues, cfg.eval_fraction, cfg.seed)
+    weights = dict(zip(names, (w for _, w in sources)))
+    unweighted = {name: sum(d.source == name for d in train) for name in names}
+    train = _weighted(train, weights, cfg.seed)
+    evals = _interleaved(evals, names)
+    if cfg.max_eval_samples:
+        evals = evals[: cfg.max_eval_samples]
+    return DataSplit(train, evals, reports, weights, unweighted)
+
+
+def parse_sources(data_path: str) -> list[tuple[str, float]]:
+    """`a.jsonl:1.0,b.csv:0.5,hf:owner/name` -> [(spec, weight), ...]; weight 1 when not given."""
+    out = []
+    for item in data_path.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"(.+?):(\d+(?:\.\d*)?|\.\d+)", item)
+        spec, weight = (match.group(1), float(match.group(2))) if match else (item, 1.0)
+        if not spec:
+            raise ValueError(f"data_path {data_path!r}: an empty source (two commas, or a comma at an end)")
+        if not 0 < weight <= 100:
+            raise ValueError(f"data_path {data_path!r}: weight {weight:g} of {spec!r} must be in (0, 100]")
+        out.append((spec, weight))
+    return out
+
+
+def describe_data(data_path: str) -> str:
+    """One line a source, before anything is downloaded: what it is, its size, its licence
+    (licences as `data/model_card.toml` records them; the model card prints the same)."""
+    import tomllib
+
+    facts = tomllib.loads((Path(__file__).parent / "data" / "model_card.toml").read_text())["data_licence"]
+    lines = []
+    for spec, weight in parse_sources(data_path):
+        file_name = spec[3:] if spec.startswith("hf:") else Path(spec.split("?")[0]).name
+        path = Path(spec)
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "size known once loaded"
+        where = "by URL" if "://" in spec else "Hugging Face hub" if spec.startswith("hf:") else "local file"
+        licence = facts.get(file_name, "licence not recorded: check its source before training")
+        lines.append(f"data: {source_name(spec)} (weight {weight:g}; {where}, {size}); licence: {licence}")
+    return "\n".join(lines)
+
+
+def source_name(spec: str | Path) -> str:
+    """A short name for a source: the file name without extension, or the dataset id."""
+    spec = str(spec)
+    if spec.startswith("hf:"):
+        return spec[3:]
+    return Path(spec.split("?")[0].rstrip("/")).stem
+
+
+def drop_repeats(
+    sources: list[list[Dialogue]], reports: list[DataReport], threshold: float
+) -> list[Dialogue]:
+    """The dialogues of all sources, minus exact repeats across sources and near duplicates.
+
+    The first occurrence (in source order, then file order) is kept; every drop goes into its
+    source's report with the location of the dialogue it repeats. `threshold` >= 1 keeps near
+    duplicates (exact repeats are still dropped).
+    """
+    kept: list[Dialogue] = []
+    first_of: dict[str, Dialogue] = {}
+    for rows, report in zip(sources, reports):
+        for d in rows:
+            key = normalize_query(_conversation_text(d))
+            if key in first_of:
+                report.drop(
+                    "exact duplicate (case and spacing ignored)", f"{d.where} (= {first_of[key].where})"
+                )
+                continue
+            first_of[key] = d
+            kept.append(d)
+    if threshold >= 1.0 or len(kept) < 2:
+        return kept
+    from datasketch import MinHash, MinHashLSH  # maintained MinHash LSH; imported only when used
+
+    shingles = [_shingles(_conversation_text(d)) for d in kept]
+    hashes = MinHash.bulk([[s.encode() for s in sh] for sh in shingles], num_perm=128, seed=1)
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    report_of = {d.source: r for r, rows in zip(reports, sources) for d in rows[:1]}
+    out = []
+    for i, d in enumerate(progress(kept, "near duplicates")):
+        similar = sorted(j for j in lsh.query(hashes[i]) if _jaccard(shingles[i], shingles[j]) >= threshold)
+        if similar:
+            report_of[d.source].drop(f"near duplicate (word-trigram similarity >= {threshold:g})",
+                                     f"{d.where} (~ {kept[similar[0]].where})")  # fmt: skip
+            continue
+        lsh.insert(i, hashes[i])
+        out.append(d)
+    return out
+
+
+def _conversation_text(d: Dialogue) -> str:
+    return "\n".join([d.system] + [m["content"] for m in d.messages()])
+
+
+def _shingles(text: str) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def _weighted(rows: list[Dialogue], weights: dict[str, float], seed: int) -> list[Dialogue]:
+    """Each source's rows repeated floor(w) times plus a seeded sample of the fraction left."""
+    out = []
+    for name, weight in weights.items():
+        mine = [d for d in rows if d.source == name]
+        whole, part = divmod(weight, 1.0)
+        extra = random.Random(f"{seed}:{name}").sample(mine, round(len(mine) * part)) if part else []
+        out += mine * int(whole) + extra
+    return out
+
+
+def _interleaved(rows: list[Dialogue], names: list[str]) -> list[Dialogue]:
+    by_source = [[d for d in rows if d.source == name] for name in names]
+    return [d for group in itertools.zip_longest(*by_source) for d in group if d is not None]
 
 
 # ----------------------------------------------------------------------------- prompts and tokens
@@ -597,7 +786,7 @@ def tokenize_dialogues(
         elif s["truncated"] and cfg.overlong == "drop":
             report.drop(f"longer than max_length={cfg.max_length}", d.where)
         else:
-            samples.append(s)
+            samples.append(s | {"source": d.source})
     n_trunc = sum(s["truncated"] for s in samples)
     if n_trunc:
         log.info("%s: %d of %d samples truncated at %d tokens", name, n_trunc, len(samples), cfg.max_length)
@@ -680,15 +869,30 @@ def token_stats(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return stats
 
 
+def split_token_stats(splits: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """`token_stats` of each split, and of each source within it when the data mixes sources
+    (keys `train`, `eval`, `train genmedgpt5k`, ...)."""
+    out = {name: token_stats(samples) for name, samples in splits.items()}
+    for name, samples in splits.items():
+        sources = list(dict.fromkeys(s.get("source", "") for s in samples))
+        if len(sources) > 1:
+            out |= {
+                f"{name} {src}": token_stats([s for s in samples if s.get("source", "") == src])
+                for src in sources
+            }
+    return out
+
+
 def format_stats_table(stats_by_split: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: one row per split and part."""
+    """A plain-text table: one row per split (or split and source) and part."""
     cols = ["count", "min", "mean", "median", "p90", "p99", "max"]
-    lines = [f"{'split':<6} {'part':<7} " + " ".join(f"{c:>7}" for c in cols) + "  truncated"]
+    width = max([6, *(len(k) for k in stats_by_split)])
+    lines = [f"{'split':<{width}} {'part':<7} " + " ".join(f"{c:>7}" for c in cols) + "  truncated"]
     for split, stats in stats_by_split.items():
         for part, s in stats.items():
             cells = " ".join(f"{s.get(c, 0):>7.0f}" if c != "mean" else f"{s.get(c, 0):>7.1f}" for c in cols)
             trunc = f"  {s['fraction_truncated']:.1%}" if "fraction_truncated" in s else ""
-            lines.append(f"{split:<6} {part:<7} {cells}{trunc}")
+            lines.append(f"{split:<{width}} {part:<7} {cells}{trunc}")
     return "\n".join(lines)
 
 

@@ -22,8 +22,16 @@ import os
 
 from medbot_config import MedbotConfig, add_config_arguments, config_overrides, load_config_file, preset
 from medbot_model import add_lora, load_base_model, load_tokenizer
-from medbot_train import build_trainer, evaluate, is_main_process, save_adapter, train
-from medbot_utils import load_dialogues, split_dialogues, tokenize_dialogues
+from medbot_train import (
+    build_trainer,
+    evaluate,
+    evaluate_sources,
+    format_sources,
+    is_main_process,
+    save_adapter,
+    train,
+)
+from medbot_utils import format_stats_table, load_data, split_token_stats, tokenize_dialogues
 
 
 def per_process(cfg: MedbotConfig, processes: int) -> MedbotConfig:
@@ -59,15 +67,13 @@ def main() -> None:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     run_cfg = per_process(cfg, processes)
 
-    dialogues, report = load_dialogues(cfg.data_path, cfg.input_field, cfg.output_field)
-    train_rows, eval_rows = split_dialogues(dialogues, cfg.eval_fraction, cfg.seed)
-    if cfg.max_eval_samples:
-        eval_rows = eval_rows[: cfg.max_eval_samples]
+    data = load_data(cfg)  # every source of data_path: deduplicated, split by query, weighted
     tokenizer = load_tokenizer(cfg)
-    train_samples, train_drops = tokenize_dialogues(train_rows, tokenizer, cfg, "train")
-    eval_samples, eval_drops = tokenize_dialogues(eval_rows, tokenizer, cfg, "eval")
+    train_samples, train_drops = tokenize_dialogues(data.train, tokenizer, cfg, "train")
+    eval_samples, eval_drops = tokenize_dialogues(data.eval, tokenizer, cfg, "eval")
     if is_main_process():
-        print(report.summary(), train_drops.summary(), eval_drops.summary(), sep="\n")
+        print(data.summary(), train_drops.summary(), eval_drops.summary(), sep="\n")
+        print(format_stats_table(split_token_stats({"train": train_samples, "eval": eval_samples})))
         print(f"{processes} process(es); per process: batch {run_cfg.batch_size} x grad_accum {run_cfg.grad_accum}; "
               f"effective batch {run_cfg.batch_size * run_cfg.grad_accum * processes}")  # fmt: skip
 
@@ -77,6 +83,9 @@ def main() -> None:
     after = evaluate(trainer)
     if is_main_process():
         print(f"eval loss {after['eval_loss']:.4f}, perplexity {after['perplexity']:.2f}")
+    by_source = evaluate_sources(trainer, eval_samples, tokenizer, run_cfg)
+    if is_main_process() and by_source:
+        print(format_sources(by_source))
         save_adapter(trainer.model, tokenizer, cfg)  # the single-GPU config: what chat and eval read
 
 

@@ -389,3 +389,141 @@ def test_data_by_url_from_a_local_server_and_clear_errors_when_missing_or_offlin
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/d.jsonl"
     with pytest.raises(DataError, match="cannot download .*pass its path"):
         load_dialogues(dead)
+
+
+# ---------------------------------------------------------------- several sources: mix, repeats, weights
+
+
+def _mix_cfg(data_path: str, **kw):
+    from medbot_config import preset
+
+    return preset("embedded").replace(data_path=data_path, max_eval_samples=None, **kw)
+
+
+LONG = ("Rest the ankle, keep it raised on a pillow, put ice wrapped in a cloth on it for twenty minutes "
+        "three times a day, and see a physiotherapist if you still cannot walk on it after a week.")  # fmt: skip
+
+
+def test_mix_drops_repeats_across_sources_naming_both_and_weights_training_rows_only(tmp_path):
+    from medbot_utils import load_data
+
+    a_rows = [
+        {"input": f"Question number {i} about my knee", "output": f"Answer {i}: rest it."} for i in range(60)
+    ]
+    a_rows.append({"input": "My ankle is swollen after a fall", "output": LONG})
+    b_rows = [
+        {"input": f"Forum question {i} on sleep", "output": f"Forum answer {i}: keep a routine."}
+        for i in range(40)
+    ]
+    b_rows += [
+        {
+            "input": "QUESTION NUMBER 3   about my knee",
+            "output": "answer 3: REST IT.",
+        },  # a's line 4, case and spacing
+        {
+            "input": "My ankle is swollen after a fall!",
+            "output": LONG.replace("twenty", "fifteen"),
+        },  # near a's line 61
+        {"input": "My ankle is swollen after a fall", "output": "See a doctor today if it is numb or cold."},
+    ]
+    a = write(tmp_path / "a.jsonl", jsonl(a_rows))
+    b = write(tmp_path / "b.jsonl", jsonl(b_rows))
+    data = load_data(_mix_cfg(f"{a}:2,{b}:0.5", eval_fraction=0.2))
+    ra, rb = data.reports
+    assert not ra.dropped
+    assert rb.dropped == {
+        "exact duplicate (case and spacing ignored)": [f"{b}:41 (= {a}:4)"],
+        "near duplicate (word-trigram similarity >= 0.8)": [f"{b}:42 (~ {a}:61)"],
+    }
+    # b:43 (the same query with another answer) is no repeat: kept (the drops above are all)
+    # one query, one side, whichever source it came from
+    train_q = {normalize_query(d.input) for d in data.train}
+    eval_q = {normalize_query(d.input) for d in data.eval}
+    assert not train_q & eval_q
+    # weights multiply training rows; evaluation keeps every held-out row of every source once
+    n_train_a, n_train_b = data.train_unweighted["a"], data.train_unweighted["b"]
+    assert sum(d.source == "a" for d in data.train) == 2 * n_train_a
+    assert sum(d.source == "b" for d in data.train) == round(0.5 * n_train_b)
+    assert len({id(d) for d in data.eval}) == len(data.eval) == 61 + 43 - 2 - n_train_a - n_train_b
+    assert [d.source for d in data.eval[:4]] == ["a", "b", "a", "b"]  # interleaved: any prefix is balanced
+    table = data.summary()
+    assert "source" in table and "weight" in table
+    assert any(line.split()[:2] == ["a", "61"] for line in table.splitlines())
+
+
+def test_adding_a_source_never_moves_a_query_across_the_split(tmp_path):
+    """The split is a hash of the query: a model trained on one file can be evaluated on a mix's held-out part."""
+    from medbot_utils import load_data
+
+    a = write(
+        tmp_path / "a.jsonl", jsonl([{"input": f"Knee question {i}", "output": f"A{i}"} for i in range(1200)])
+    )
+    b = write(
+        tmp_path / "b.jsonl", jsonl([{"input": f"Sleep question {i}", "output": f"B{i}"} for i in range(300)])
+    )
+    alone = load_data(_mix_cfg(str(a), near_duplicates=1.0))
+    mixed = load_data(_mix_cfg(f"{a},{b}", near_duplicates=1.0))
+    assert {d.input for d in alone.eval} == {d.input for d in mixed.eval if d.source == "a"}
+    assert 90 <= len(alone.eval) <= 150  # about 10% of 1,200
+    reseeded = load_data(_mix_cfg(str(a), seed=7, near_duplicates=1.0))
+    assert {d.input for d in reseeded.eval} != {d.input for d in alone.eval}
+    # a small set holds out exactly its share (hash luck would give 2 or 11 of 61)
+    small = load_data(_mix_cfg(str(b), near_duplicates=1.0))
+    assert len(small.eval) == 30 and len(small.train) == 270
+
+
+def test_near_duplicates_at_1_keeps_all_but_exact_repeats(tmp_path):
+    from medbot_utils import load_data
+
+    a = write(
+        tmp_path / "a.jsonl",
+        jsonl([{"input": "ankle", "output": LONG}, {"input": "ankle", "output": LONG + " Thanks."}]),
+    )
+    assert sum(r.kept for r in load_data(_mix_cfg(str(a), near_duplicates=1.0)).reports) == 2
+    data = load_data(_mix_cfg(str(a)))
+    assert sum(len(d) for d in data.reports[0].dropped.values()) == 1 and len(data.train + data.eval) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("a.jsonl:0", "weight 0 of 'a.jsonl' must be in"),
+        ("a.jsonl,,b.jsonl", "an empty source"),
+        ("x/a.jsonl,y/a.jsonl", "two sources share a name"),
+    ],
+)
+def test_bad_mix_specs_are_named(tmp_path, spec, message):
+    from medbot_utils import load_data
+
+    with pytest.raises(ValueError, match=message):
+        load_data(_mix_cfg(spec))
+
+
+def test_sources_parse_with_urls_and_hub_ids_and_are_described_before_loading(tmp_path):
+    from medbot_config import GENMEDGPT_URL, preset
+    from medbot_utils import describe_data, parse_sources
+
+    assert parse_sources(f"{GENMEDGPT_URL}:0.5,hf:owner/set,data/x.csv") == [
+        (GENMEDGPT_URL, 0.5), ("hf:owner/set", 1.0), ("data/x.csv", 1.0)]  # fmt: skip
+    # GPU profiles default to GenMedGPT-5k by URL; the offline profile keeps the sample
+    assert preset("fast").data_path == preset("falcon-7b").data_path == GENMEDGPT_URL
+    assert preset("embedded").data_path == "data/sample_dialogues.jsonl"
+    line = describe_data(GENMEDGPT_URL)
+    assert "chatdoctor5k" in line and "Apache-2.0" in line and "5,452" in line and "by URL" in line
+    assert "licence not recorded" in describe_data(str(write(tmp_path / "mine.jsonl", "{}\n")))
+
+
+def test_token_stats_and_epochs_per_source(tmp_path):
+    from medbot_config import reference
+    from medbot_train import epochs_warning
+    from medbot_utils import split_token_stats
+
+    samples = [
+        {"prompt_len": 5, "answer_len": 7, "total_len": 12, "truncated": False, "source": s} for s in "aab"
+    ]
+    stats = split_token_stats({"train": samples})
+    assert set(stats) == {"train", "train a", "train b"} and stats["train a"]["sample"]["count"] == 2
+    cfg = reference().replace(data_path="g.jsonl:1,f.jsonl:4", max_steps=100)  # 100 x 8 = 800 dialogues seen
+    text = epochs_warning(cfg, 1000)  # 1000 weighted rows -> 0.8 epochs overall
+    assert "  g: 0.8 epochs (weight 1)" in text and "  f: 3.2 epochs (weight 4)" in text
+    assert "WARNING: over 3 epochs of f (3.2)" in text and "g (" not in text.split("WARNING")[1]

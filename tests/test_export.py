@@ -266,6 +266,16 @@ def test_model_card_names_the_hub_base_of_the_embedded_default_and_its_licence(t
     card = ModelCard(model_card(tmp_path))
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
     assert "research use only" in card.text  # the data file's licence note
+    # a mix: one row and one licence line a source, with its weight; a URL is named whole
+    from medbot_config import GENMEDGPT_URL
+
+    reference().replace(data_path=f"{GENMEDGPT_URL}:2,../shared/data/dialogue/health-forums.jsonl:0.5").save(
+        tmp_path / "medbot_config.json"
+    )
+    text = model_card(tmp_path)
+    assert f"| `{GENMEDGPT_URL}` | 2 | `(not a local file)` | Apache-2.0" in text
+    assert "| `health-forums.jsonl` | 0.5 |" in text and "- Training data `health-forums.jsonl`: MIT" in text
+    assert "near duplicates (word-trigram similarity >= 0.8) removed across sources" in text
 
 
 def test_publish_writes_the_card_then_uploads_the_folder(tmp_path, monkeypatch):

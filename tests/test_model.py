@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -265,3 +266,27 @@ def test_overfitting_guard_counts_epochs_and_flags_a_rising_eval_loss(tmp_path, 
     assert [r.get("eval_loss_rising", False) for r in rows] == [False, False, False, True]
     assert "eval loss rose at two evals in a row (1.500 -> 1.600 -> 1.800)" in caplog.text
     assert plot_losses(tmp_path / "metrics.jsonl", tmp_path / "loss.png").stat().st_size > 5000
+
+
+def test_eval_loss_per_source_of_a_mix(tiny_cfg, tokenizer):
+    """After training on one kind of text, the per-source eval separates the kinds; one source gives nothing."""
+    from medbot_train import evaluate_sources
+
+    cfg = tiny_cfg.replace(max_steps=10, eval_steps=10, learning_rate=5e-3)
+
+    def tagged(rows, source):
+        return [s | {"source": source} for s in tokenize_dialogues(rows, tokenizer, cfg)[0]]
+
+    seen = [Dialogue(f"Patient {i} has a cough.", "Rest and drink fluids.", f"a:{i}") for i in range(24)]
+    unseen = [Dialogue(f"Zq {i} xv?", "Wkpj lmno qrst uvwx yz.", f"b:{i}") for i in range(6)]
+    model = add_lora(load_base_model(cfg), cfg)
+    trainer = build_trainer(model, tokenizer, tagged(seen, "a"), tagged(seen[:4], "a"), cfg)
+    train(trainer, cfg)
+    rows_before = read_metrics(f"{cfg.logs_dir}/metrics.jsonl")
+    by_source = evaluate_sources(trainer, tagged(seen[:4], "a") + tagged(unseen, "b"), tokenizer, cfg)
+    assert list(by_source) == ["a", "b"]
+    assert by_source["a"]["dialogues"] == 4 and by_source["b"]["dialogues"] == 6
+    assert by_source["a"]["eval_loss"] < by_source["b"]["eval_loss"]
+    assert by_source["b"]["perplexity"] == pytest.approx(math.exp(by_source["b"]["eval_loss"]))
+    assert read_metrics(f"{cfg.logs_dir}/metrics.jsonl") == rows_before  # the loss curve file is untouched
+    assert evaluate_sources(trainer, tagged(seen[:4], "a"), tokenizer, cfg) == {}

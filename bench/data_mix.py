@@ -1,0 +1,151 @@
+"""One source or a deduplicated mix, the same step budget: which generalises better?
+
+    python bench/data_mix.py --steps 150                       # the embedded model on this CPU
+    python3 bench/data_mix.py --data .device/data --steps 400 --gen 40     # on the GPU machine
+
+Trains the profile (default `embedded`) twice from the same base and seed: once on
+genmedgpt5k alone, once on genmedgpt5k + health-forums + covid-dialogue + wikidoc-patient-info
+(exact repeats and near duplicates removed across sources, `medbot_utils.load_data`). Both are
+evaluated on the mix's held-out split of every source (the split by query hash keeps each
+model's training queries out of all of them) and on LiveQA (real consumer questions, never
+trained on): the perplexity of the reference answers (all held-out dialogues, up to --ppl a
+source) and the embedding similarity of generated answers to the references (the first --gen),
+each mix-vs-one difference with a paired bootstrap 95% interval. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medbot_chat import respond_batch  # noqa: E402
+from medbot_config import preset  # noqa: E402
+from medbot_eval import Embedder, answer_losses, answer_metrics, paired_bootstrap  # noqa: E402
+from medbot_model import add_lora, load_base_model, load_tokenizer  # noqa: E402
+from medbot_train import build_trainer, train  # noqa: E402
+from medbot_utils import Dialogue, load_data, load_dialogues, tokenize_dialogues  # noqa: E402
+
+ONE = ["genmedgpt5k.jsonl"]
+MIX = ["genmedgpt5k.jsonl", "health-forums.jsonl", "covid-dialogue.jsonl", "wikidoc-patient-info.jsonl"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "dialogue"))
+    ap.add_argument("--profile", default="embedded")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--ppl", type=int, default=300, help="held-out dialogues a source for perplexity")
+    ap.add_argument("--gen", type=int, default=24, help="held-out dialogues a source answered for similarity")
+    ap.add_argument("--gen-tokens", type=int, default=96)
+    ap.add_argument("--eval-rows", type=int, default=128, help="held-out rows for the Trainer's eval loss")
+    ap.add_argument("--pack-tokens", type=int, default=0, help="pack dialogues into rows of this many tokens "
+                    "(one row a step): no padding, so more dialogues a second on a CPU")  # fmt: skip
+    args = ap.parse_args()
+    data = Path(args.data)
+    work = Path(tempfile.mkdtemp())
+    base = preset(args.profile).replace(max_steps=args.steps, eval_steps=args.steps, logging_steps=max(1, args.steps // 10),
+                                        max_eval_samples=args.eval_rows, resume=False, report_to=[])  # fmt: skip
+    if args.pack_tokens:
+        base = base.replace(packing=True, pack_tokens=args.pack_tokens, batch_size=1, grad_accum=1)
+    mix_cfg = base.replace(data_path=",".join(str(data / f) for f in MIX))
+    held = by_source(load_data(mix_cfg.replace(max_eval_samples=None)).eval)
+    held["liveqa"] = load_dialogues(data / "liveqa-test.jsonl")[0]
+    embedder = Embedder()
+    results: dict[str, dict] = {}
+    for name, files in (("one", ONE), ("mix", MIX)):
+        cfg = base.replace(data_path=",".join(str(data / f) for f in files), output_dir=str(work / name),
+                           logs_dir=str(work / name / "logs"))  # fmt: skip
+        started = time.time()
+        model, tok = train_run(cfg)
+        model.eval()
+        results[name] = {"seconds": time.time() - started}
+        for set_name, rows in held.items():
+            results[name][set_name] = score(model, tok, cfg, rows, args, embedder)
+        if name == "one":  # the base model, adapter off, for scale
+            with model.disable_adapter():
+                results["base"] = {
+                    s: {"losses": answer_losses(model, tok, cfg, rows[: args.ppl])}
+                    for s, rows in held.items()
+                }
+        del model
+    print_table(results, held, args)
+
+
+def by_source(rows: list[Dialogue]) -> dict[str, list[Dialogue]]:
+    out: dict[str, list[Dialogue]] = {}
+    for d in rows:
+        out.setdefault(d.source, []).append(d)
+    return out
+
+
+def train_run(cfg):  # noqa: ANN001, ANN201 - a bench helper
+    data = load_data(cfg)
+    print(data.summary())
+    tok = load_tokenizer(cfg)
+    train_samples, _ = tokenize_dialogues(data.train, tok, cfg, "train")
+    eval_samples, _ = tokenize_dialogues(data.eval, tok, cfg, "eval")
+    model = add_lora(load_base_model(cfg), cfg)
+    trainer = build_trainer(model, tok, train_samples, eval_samples, cfg)
+    train(trainer, cfg)
+    return trainer.model, tok
+
+
+def score(model, tok, cfg, rows: list[Dialogue], args, embedder) -> dict:  # noqa: ANN001
+    losses = answer_losses(model, tok, cfg, rows[: args.ppl])
+    gen_rows = rows[: args.gen]
+    answers = []
+    for i in range(0, len(gen_rows), 8):
+        chunk = gen_rows[i : i + 8]
+        replies = respond_batch(
+            model, tok, cfg, [d.input for d in chunk], seed=i, max_new_tokens=args.gen_tokens
+        )
+        answers += [r.answer for r in replies]
+    sim = answer_metrics(answers, [d.output for d in gen_rows], embedder)["similarity"]
+    return {"losses": losses, "similarity": sim}
+
+
+def ppl(losses: list[tuple[float, int]]) -> float:
+    return math.exp(sum(a for a, _ in losses) / max(1, sum(n for _, n in losses)))
+
+
+def ppl_ratio(
+    a: list[tuple[float, int]], b: list[tuple[float, int]], samples: int = 2000
+) -> tuple[float, float, float]:
+    """Perplexity of a over b on the same dialogues, with a paired bootstrap 95% interval."""
+    rng = random.Random(0)
+    idx = list(range(len(a)))
+
+    def ratio(pick: list[int]) -> float:
+        n = sum(a[i][1] for i in pick)
+        return math.exp((sum(a[i][0] for i in pick) - sum(b[i][0] for i in pick)) / max(1, n))
+
+    boot = sorted(ratio(rng.choices(idx, k=len(idx))) for _ in range(samples))
+    return ratio(idx), boot[int(0.025 * samples)], boot[int(0.975 * samples) - 1]
+
+
+def print_table(results: dict, held: dict[str, list[Dialogue]], args) -> None:  # noqa: ANN001
+    print(f"\nOne source vs the mix, {args.steps} steps each ({args.profile} profile)")
+    print(f"  training time: one {results['one']['seconds']:.0f} s, mix {results['mix']['seconds']:.0f} s")
+    print(f"{'held-out set':<22} {'n ppl':>5} {'base':>7} {'one':>7} {'mix':>7} {'mix/one [95% CI]':>24} "
+          f"{'n gen':>5} {'sim one':>8} {'sim mix':>8} {'mix-one [95% CI]':>24}")  # fmt: skip
+    for name in held:
+        one, mix = results["one"][name], results["mix"][name]
+        r, lo, hi = ppl_ratio(mix["losses"], one["losses"])
+        d = paired_bootstrap(mix["similarity"], one["similarity"])
+        print(f"{name:<22} {len(one['losses']):>5} {ppl(results['base'][name]['losses']):>7.2f} {ppl(one['losses']):>7.2f} "
+              f"{ppl(mix['losses']):>7.2f} {r:>8.3f} [{lo:.3f}, {hi:.3f}]    {len(one['similarity']):>5} "
+              f"{statistics.fmean(one['similarity']):>8.3f} {statistics.fmean(mix['similarity']):>8.3f} "
+              f"{d['diff']:>+8.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
