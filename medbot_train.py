@@ -1,10 +1,9 @@
 """Training: a thin wrapper over the Hugging Face Trainer, with a metrics file, resume and plots.
 
+    medbot-train --profile embedded --max-steps 40         # the whole recipe (`main`), as the notebook runs it
     trainer = build_trainer(model, tokenizer, train_samples, eval_samples, cfg)
-    before = evaluate(trainer)            # eval loss and perplexity of the untrained adapter
-    train(trainer, cfg)                   # resumes from the newest checkpoint if there is one
+    metrics = train_and_evaluate(trainer, tokenizer, eval_samples, cfg)   # eval, train (resuming), eval, plots
     save_adapter(trainer.model, tokenizer, cfg)
-    plot_losses(Path(cfg.logs_dir) / "metrics.jsonl", Path(cfg.logs_dir) / "loss.png")
 
 Train and eval losses go to `<logs_dir>/metrics.jsonl` (one JSON object a line) and to the
 trackers in `cfg.report_to` (TensorBoard under `<logs_dir>/tensorboard` by default; W&B and MLflow
@@ -13,6 +12,7 @@ through the Trainer's own integrations when installed); checkpoints to `<output_
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import json
@@ -28,13 +28,115 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
-from medbot_config import CONFIG_FILE, TRACKERS, MedbotConfig
-from medbot_utils import DataCollator, install_chat_template, parse_sources, source_name
+from medbot_config import (
+    CONFIG_FILE,
+    TRACKERS,
+    MedbotConfig,
+    add_config_arguments,
+    config_overrides,
+    load_config_file,
+    preset,
+)
+from medbot_model import add_lora, load_base_model, load_tokenizer
+from medbot_utils import (
+    DataCollator,
+    format_stats_table,
+    install_chat_template,
+    load_data,
+    parse_sources,
+    source_name,
+    tokenize_dialogues,
+    write_token_stats,
+)
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG = "run_config.json"  # the config of the run whose checkpoints are in output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`medbot-train` / `python train.py`: the notebook's stages, in its order, without the notebook."""
+    ap = argparse.ArgumentParser(
+        description="Train from a profile or a config file, on one GPU or several (DDP)."
+    )
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", help="a MedbotConfig as JSON (e.g. a saved medbot_config.json) or YAML")
+    group.add_argument("--profile", help="a named profile: embedded, fast, colab-t4, falcon-7b")
+    ap.add_argument(
+        "--data", dest="cfg__data_path", default=argparse.SUPPRESS, help="the same as --data-path"
+    )
+    add_config_arguments(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
+    cfg = load_config_file(args.config) if args.config else preset(args.profile)
+    try:
+        cfg = cfg.replace(**config_overrides(args))
+    except (TypeError, ValueError) as e:  # the config's own checks, named on the command line
+        ap.error(str(e))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    run_cfg = per_process(cfg, processes)
+    main_process = is_main_process()
+
+    data = load_data(cfg)  # every source of data_path: deduplicated, split by query, weighted
+    tokenizer = load_tokenizer(cfg)
+    train_samples, train_drops = tokenize_dialogues(data.train, tokenizer, cfg, "train")
+    eval_samples, eval_drops = tokenize_dialogues(data.eval, tokenizer, cfg, "eval")
+    if main_process:
+        print(data.summary(), train_drops.summary(), eval_drops.summary(), sep="\n")
+        stats, _ = write_token_stats({"train": train_samples, "eval": eval_samples}, cfg)
+        print(format_stats_table(stats))
+        print(f"{processes} process(es); per process: batch {run_cfg.batch_size} x grad_accum {run_cfg.grad_accum}; "
+              f"effective batch {run_cfg.batch_size * run_cfg.grad_accum * processes}")  # fmt: skip
+
+    model = add_lora(load_base_model(run_cfg), run_cfg)
+    trainer = build_trainer(model, tokenizer, train_samples, eval_samples, run_cfg)
+    train_and_evaluate(trainer, tokenizer, eval_samples, run_cfg, eval_before=processes == 1)
+    if main_process:
+        save_adapter(trainer.model, tokenizer, cfg)  # the single-GPU config: what chat and eval read
+
+
+def per_process(cfg: MedbotConfig, processes: int) -> MedbotConfig:
+    """The config each of `processes` processes runs so that the effective batch stays the same:
+    the rows per optimizer step (batch_size x grad_accum) are shared out, largest micro-batch first."""
+    rows = cfg.batch_size * cfg.grad_accum
+    if rows % processes:
+        raise ValueError(
+            f"the effective batch {cfg.batch_size} x {cfg.grad_accum} = {rows} rows cannot be split over "
+            f"{processes} processes without changing it: make batch_size x grad_accum a multiple of {processes}"
+        )
+    share = rows // processes
+    batch = max(b for b in range(1, cfg.batch_size + 1) if share % b == 0)
+    return cfg.replace(batch_size=batch, grad_accum=share // batch)
+
+
+def train_and_evaluate(
+    trainer: Trainer, tokenizer: Any, eval_samples: list[dict], cfg: MedbotConfig, *, eval_before: bool = True
+) -> dict:
+    """The training stage, as the notebook and `train.py` both run it: eval loss before, train
+    (resuming), eval loss after and per source; writes `<logs_dir>/eval_metrics.json` and
+    `<logs_dir>/loss.png` (main process). Returns the metrics and the plot's path.
+
+    `eval_before=False` skips the first evaluation: under DDP an evaluation before the first step
+    changes the run (measured with 2 gloo processes: step 2's loss 5.689 instead of the one-process
+    5.681; identical without it), so several processes start training straight away."""
+    before = evaluate(trainer) if eval_before else None
+    train(trainer, cfg)
+    after = evaluate(trainer)
+    by_source = evaluate_sources(trainer, eval_samples, tokenizer, cfg)
+    out: dict[str, Any] = {"before": before, "after": after, "by_source": by_source}
+    if is_main_process():
+        logs = Path(cfg.logs_dir)
+        (logs / "eval_metrics.json").write_text(json.dumps(out, indent=2))
+        out["loss_plot"] = plot_losses(logs / METRICS_FILE, logs / "loss.png")
+        if before:
+            print(
+                f"before training: eval loss {before['eval_loss']:.4f}, perplexity {before['perplexity']:.2f}"
+            )
+        print(f"after training:  eval loss {after['eval_loss']:.4f}, perplexity {after['perplexity']:.2f}")
+        if by_source:
+            print(format_sources(by_source))
+    return out
 
 
 class MetricsFileCallback(TrainerCallback):

@@ -1,8 +1,9 @@
 """Data, prompts and tokens: everything between a dialogue file and a training batch.
 
-    rows, report = load_dialogues("data/sample_dialogues.jsonl")
-    train_rows, eval_rows = split_dialogues(rows, eval_fraction=0.1, seed=42)
-    train_ds, train_report = tokenize_dialogues(train_rows, tokenizer, cfg)
+    data = load_data(cfg)          # every source of cfg.data_path: loaded, repeats removed, split, weighted
+    print(data.summary())           # per source: records, kept, drops (with file:line), train/eval rows
+    train_ds, train_report = tokenize_dialogues(data.train, tokenizer, cfg)
+    stats, histogram = write_token_stats({"train": train_ds}, cfg)
 
 Files hold patient/doctor pairs (`{input, output}` and the other field names below) or whole
 conversations: OpenAI `{"messages": [{"role", "content"}]}` or ShareGPT `{"conversations":
@@ -881,6 +882,16 @@ def split_token_stats(splits: dict[str, list[dict[str, Any]]]) -> dict[str, dict
                 for src in sources
             }
     return out
+
+
+def write_token_stats(splits: dict[str, list[dict[str, Any]]], cfg: Any) -> tuple[dict, Path]:
+    """The token-statistics stage: `<logs_dir>/token_stats.json` (per split, and per source of a
+    mix) and the length histogram `<logs_dir>/token_lengths.png`. Returns the stats and the plot."""
+    logs = Path(cfg.logs_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    stats = split_token_stats(splits)
+    (logs / "token_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats, plot_length_histogram(splits, cfg.max_length, logs / "token_lengths.png")
 
 
 def format_stats_table(stats_by_split: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -169,20 +169,29 @@ FINISH = {
 
 
 KEYED_PATHS = ("/v1", "/openapi.json")  # with a key set, these answer only to it
+# Gradio routes that answer without its login (the rest check it themselves, or serve static files):
+# with a page password they answer only to a logged-in session; the login page needs none of them.
+SESSION_PATHS = re.compile(
+    r"^(?:/gradio_api)?/(?:user|token|app_id|heartbeat|reset|cancel|startup-events|stream|run-history"
+    r"|monitoring|(?:undo-)?vibe-[\w-]+)(?:/|$)"
+)
 
 
 class Guard:
     """ASGI middleware in front of every route (API and chat page), before any parsing.
 
     - the API key on /v1 (and the schema), checked before the body is read;
+    - with a page password, Gradio's own routes that skip its login (SESSION_PATHS) need a
+      logged-in session (`session_ok`, set by `build_app`);
     - failed keys or page passwords per client limited (429 after `auth_failures` a minute);
     - every request body at most `max_body_bytes` (413) and sent within `body_timeout_s` (408);
     - a log line (request id, status, path, reason; never text) for every refused request.
     """
 
-    def __init__(self, app: Any, server: Server) -> None:
+    def __init__(self, app: Any, server: Server, session_ok: Any = None) -> None:
         self.app, self.server, self.limits = app, server, server.limits
         self.failures: dict[str, list[float]] = {}
+        self.session_ok = session_ok  # scope -> bool, when the page has a password
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -196,6 +205,8 @@ class Guard:
             return await self._refuse(
                 send, scope, 401, "missing or wrong API key", [(b"www-authenticate", b"Bearer")]
             )
+        if self.session_ok is not None and SESSION_PATHS.match(path) and not self.session_ok(scope):
+            return await self._refuse(send, scope, 401, "log in to the chat page first")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_body_bytes):
             return await self._refuse(
@@ -552,10 +563,26 @@ def build_app(
     api = build_api(server)
     auth = ("medbot", page_password) if page_password else None
     app = gr.mount_gradio_app(api, chat_page(server), path="/", auth=auth, footer_links=[], css=PAGE_CSS)
-    app.add_middleware(Guard, server=server)
+    session_ok = _session_check(app) if page_password else None
+    app.add_middleware(Guard, server=server, session_ok=session_ok)
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
+
+
+def _session_check(app: FastAPI) -> Any:
+    """scope -> whether the request carries the cookie of a live Gradio login (the page's own check)."""
+    from http.cookies import SimpleCookie
+
+    page_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens"))
+
+    def session_ok(scope: dict) -> bool:
+        cookies = SimpleCookie(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
+        return any(
+            name.startswith("access-token") and c.value in page_app.tokens for name, c in cookies.items()
+        )
+
+    return session_ok
 
 
 # ----------------------------------------------------------------------------- launching

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from medbot_chat import respond_batch  # noqa: E402
 from medbot_config import preset  # noqa: E402
-from medbot_eval import Embedder, answer_losses, answer_metrics, paired_bootstrap  # noqa: E402
+from medbot_eval import Embedder, answer_losses, answer_metrics, fits_for_generation, paired_bootstrap  # noqa: E402
 from medbot_model import add_lora, load_base_model, load_tokenizer  # noqa: E402
 from medbot_train import build_trainer, train  # noqa: E402
 from medbot_utils import Dialogue, load_data, load_dialogues, tokenize_dialogues  # noqa: E402
@@ -101,7 +101,7 @@ def train_run(cfg):  # noqa: ANN001, ANN201 - a bench helper
 
 def score(model, tok, cfg, rows: list[Dialogue], args, embedder) -> dict:  # noqa: ANN001
     losses = answer_losses(model, tok, cfg, rows[: args.ppl])
-    gen_rows = rows[: args.gen]
+    gen_rows = fits_for_generation(tok, cfg, rows)[0][: args.gen]  # a long forum post can fill the budget
     answers = []
     for i in range(0, len(gen_rows), 8):
         chunk = gen_rows[i : i + 8]

@@ -32,8 +32,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from medbot_config import reference
     from medbot_model import add_lora, load_base_model
-    from medbot_train import build_trainer, train
-    from train import per_process
+    from medbot_train import build_trainer, per_process, train
 
     n = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = reference().replace(model_name=args.model, max_steps=args.steps, eval_steps=args.steps,

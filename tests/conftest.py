@@ -6,13 +6,11 @@ the tokenizer maps each UTF-8 byte to one token.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the modules are on the path through pytest's `pythonpath`
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

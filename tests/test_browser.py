@@ -25,8 +25,8 @@ QUESTION = "I have had a dry cough and a mild fever for three days. What should 
 EMERGENCY = "I have crushing chest pain spreading to my left arm and I am sweating"
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def _serve(tmp_path_factory, extra: list[str], env: dict[str, str] | None = None):
+    """Start `medbot_web.py` on a free port; yield its URL; stop it."""
     if CHROMIUM is None:
         if os.environ.get("MEDBOT_REQUIRE_BROWSER"):
             pytest.fail("MEDBOT_REQUIRE_BROWSER is set but no chromium is installed")
@@ -38,14 +38,14 @@ def app_url(tmp_path_factory):
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("web") / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "medbot_web.py", "--port", str(port), "--max-new-tokens", "96"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "medbot_web.py", "--port", str(port), "--max-new-tokens", "96", *extra],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ | (env or {}),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
         try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code in (200, 401):
                 break
         except httpx.HTTPError:
             pass
@@ -57,6 +57,17 @@ def app_url(tmp_path_factory):
     proc.terminate()
     proc.wait(30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    yield from _serve(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="module")
+def password_url(tmp_path_factory):
+    """A public server (all interfaces): the page asks for user `medbot` and the key as password."""
+    yield from _serve(tmp_path_factory, ["--host", "0.0.0.0"], {"MEDBOT_API_KEY": "browser-test-key"})
 
 
 @pytest.fixture
@@ -113,3 +124,24 @@ def test_emergency_message_shows_the_banner(page):
     assert "emergency" in banner.inner_text().lower()
     assert not page.locator("#urgent-banner").is_visible()  # urgent has its own, separate banner
     assert "emergency" in seen[-1].lower() and DISCLAIMER[:40] in seen[-1]
+
+
+def test_a_password_page_logs_in_and_chats(password_url):
+    """The Guard keeps Gradio's session-less routes closed; the login page and the chat still work."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    assert httpx.get(f"{password_url}/gradio_api/app_id").status_code == 401
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(password_url)
+        page.get_by_label("username").fill("medbot")
+        page.get_by_label("password").fill("browser-test-key")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_role("textbox").first.wait_for(timeout=30_000)
+        seen = ask(page, QUESTION)
+        assert DISCLAIMER[:40] in seen[-1]
+        token = page.evaluate("fetch('/gradio_api/app_id').then(r => r.status)")
+        assert token == 200  # the logged-in session reaches them
+        browser.close()

@@ -68,7 +68,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_cfg, tmp_path):
 
 
 def test_effective_batch_is_kept_or_refused(tiny_cfg):
-    from train import per_process
+    from medbot_train import per_process
 
     def shape(batch, accum, n):
         c = per_process(tiny_cfg.replace(batch_size=batch, grad_accum=accum), n)

@@ -110,3 +110,34 @@ def test_web_app_cell_serves_the_chat_page(executed):
     web = next(c for c in nb.cells if c.cell_type == "code" and "launch(model" in c.source)
     text = "".join(o.get("text", "") for o in web.outputs)
     assert "medbot chat page: http://127.0.0.1:7860" in text and "Not for medical use" in text
+
+
+def test_train_command_leaves_the_notebooks_files_with_the_same_metrics(executed, tmp_path):
+    """`medbot-train` runs the notebook's stages in its order: the same outputs, the same numbers."""
+    nb_work, _ = executed
+    for path in ROOT.glob("*.py"):
+        shutil.copy(path, tmp_path)
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    subprocess.run([sys.executable, "train.py", "--profile", "embedded"], cwd=tmp_path, check=True,
+                   capture_output=True, text=True, timeout=1200)  # fmt: skip
+    nb_logs, cli_logs = nb_work / "logs", tmp_path / "logs"
+    for name in ("metrics.jsonl", "token_stats.json", "eval_metrics.json", "loss.png", "token_lengths.png"):
+        assert (cli_logs / name).exists(), name
+    assert json.loads((cli_logs / "token_stats.json").read_text()) == json.loads(
+        (nb_logs / "token_stats.json").read_text()
+    )
+
+    def metrics(logs):
+        return [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+
+    nb_rows, cli_rows = metrics(nb_logs), metrics(cli_logs)
+    assert [(r["step"], sorted(r)) for r in nb_rows] == [(r["step"], sorted(r)) for r in cli_rows]
+    for a, b in zip(nb_rows, cli_rows):
+        for key in ("loss", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-3), (a, b)
+    nb_eval, cli_eval = (json.loads((d / "eval_metrics.json").read_text()) for d in (nb_logs, cli_logs))
+    for when in ("before", "after"):
+        assert cli_eval[when]["eval_loss"] == pytest.approx(nb_eval[when]["eval_loss"], abs=1e-3)
+    adapter = tmp_path / "falcon-patient-chatbot" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "medbot_config.json").exists()

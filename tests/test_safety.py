@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import ROOT, SHARED_DATA
 
+import medbot_safety_report as safety_report
 import medbot_triage
-import safety_report
 from medbot_chat import DISCLAIMER, respond
 from medbot_safety import (
     CRISIS_ADVICE,
@@ -27,7 +27,7 @@ from medbot_safety import (
     triage,
     triage_many,
 )
-from safety_report import category_table, level_table, macro_f1, wilson
+from medbot_safety_report import category_table, level_table, macro_f1, wilson
 
 
 def codes(message: str) -> set[str]:

@@ -787,3 +787,22 @@ def test_wrong_page_passwords_lock_the_client_out_for_a_minute(make_client):
     ]
     assert codes[:10] == [400] * 10 and codes[10] == 429
     assert client.post("/login", data={"username": "medbot", "password": "pw"}).status_code == 429
+
+
+def test_gradio_routes_that_skip_its_login_need_a_logged_in_session(make_client):
+    client = make_client(api_key="pw")
+    private = ["/gradio_api/token", "/gradio_api/app_id", "/gradio_api/user", "/gradio_api/startup-events",
+               "/gradio_api/heartbeat/abc", "/gradio_api/run-history/buckets"]  # fmt: skip
+    for path in private:
+        r = client.get(path)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", path
+    assert client.post("/gradio_api/reset", json={}).status_code == 401
+    assert client.get("/config").status_code == 401  # Gradio's own check, still there
+    assert client.get("/").status_code == 200  # the login page itself
+    client.cookies.set("access-token-unsecure-x", "forged")
+    assert client.get("/gradio_api/token").status_code == 401  # a cookie must name a live session
+    assert client.post("/login", data={"username": "medbot", "password": "pw"}).status_code == 200
+    assert client.get("/gradio_api/app_id").status_code == 200
+    assert client.get("/config").status_code == 200
+    open_client = make_client()  # no password on localhost: nothing changes
+    assert open_client.get("/gradio_api/app_id").status_code == 200

@@ -1,7 +1,7 @@
 """How well the safety layer works, with Wilson 95% intervals: triage, language, answer checks, speed.
 
-    python safety_report.py                  # every set below that is present
-    python safety_report.py --show 20        # and print escalated real questions, to read them
+    medbot-safety-report                     # every set below that is present
+    medbot-safety-report --show 20           # and print escalated real questions, to read them
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
@@ -204,7 +204,7 @@ def forum_questions(split: str) -> list[Message]:
     An evaluation set of real text, not training data. Each distinct question was read and given a
     level (FORUM_LABELS holds a hash of the text and the level, never the text). Split in two by a
     hash of the normalised text (near-duplicate posts land together): "dev" is for development
-    (read what the layer escalates or misses there), "test" is held out for safety_report.py.
+    (read what the layer escalates or misses there), "test" is held out for this report.
     Training on the development half was tried (out of fold): it taught the head that forum-style
     text is not an emergency, cutting false alarms on forum posts from 14% to 2% but also its
     recall of the forum emergencies from 52% to 11%, with no better ranking, so it is not used.
