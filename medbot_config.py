@@ -276,7 +276,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     docs = _field_docs()
     for f in dataclasses.fields(MedbotConfig):
         if "--" + f.name.replace("_", "-") in parser._option_string_actions:
-            continue  # the command has its own flag of that name (evaluate.py's sampling --seed)
+            continue  # the command has its own flag of that name (medbot-eval's sampling --seed)
         kind, optional, many = _flag_type(hints[f.name])
         group.add_argument(
             "--" + f.name.replace("_", "-"), dest=f"cfg__{f.name}", default=argparse.SUPPRESS,

@@ -375,7 +375,7 @@ def model_card(folder: str | Path, eval_results: str | Path | None = None) -> st
 
     Args:
         folder: what `save_adapter` or `export` wrote (medbot_config.json inside).
-        eval_results: evaluate.py's eval_results.json; default `<logs_dir>/eval_results.json` if
+        eval_results: medbot-eval's eval_results.json; default `<logs_dir>/eval_results.json` if
             it exists. Without one the card says the model was not evaluated.
     """
     from huggingface_hub import ModelCard, ModelCardData
@@ -475,7 +475,7 @@ def _card_evaluation(folder: Path, cfg: MedbotConfig, eval_results: str | Path |
     lines = ["## Evaluation", ""]
     if path.is_file():
         results = json.loads(path.read_text())
-        lines += ["Base vs fine-tuned on held-out questions (medbot's `evaluate.py`; same questions, same sampling seed):", "",
+        lines += ["Base vs fine-tuned on held-out questions (medbot's `medbot-eval`; same questions, same sampling seed):", "",
                   "| set | n | perplexity base → fine-tuned | " + " | ".join(METRIC_COLUMNS) + " |",
                   "|---|---|---|" + "---|" * len(METRIC_COLUMNS)]  # fmt: skip
         for name, r in results.get("sets", {}).items():
@@ -485,7 +485,7 @@ def _card_evaluation(folder: Path, cfg: MedbotConfig, eval_results: str | Path |
             ]
             lines.append(f"| {name} | {r.get('n', '?')} | {r['base']['perplexity']:.2f} → {r['finetuned']['perplexity']:.2f} | " + " | ".join(cells) + " |")  # fmt: skip
     else:
-        lines.append("Not evaluated yet: run `python evaluate.py --adapter <adapter>` and publish again.")
+        lines.append("Not evaluated yet: run `medbot-eval --adapter <adapter>` and publish again.")
     for name in ("export_check.json", "gguf_check.json"):
         if (folder / name).is_file():
             lines += ["", f"`{name}` (the merged or converted model against the adapter model, logits on check prompts):",
@@ -493,7 +493,7 @@ def _card_evaluation(folder: Path, cfg: MedbotConfig, eval_results: str | Path |
     return "\n".join(lines)
 
 
-METRIC_COLUMNS = ("rouge_l", "bleu", "similarity")  # evaluate.py's answer metrics
+METRIC_COLUMNS = ("rouge_l", "bleu", "similarity")  # medbot-eval's answer metrics
 
 
 def _card_safety() -> str:
