@@ -140,3 +140,17 @@ def test_long_loops_show_a_progress_bar_unless_quiet(tiny, capsys, monkeypatch):
     monkeypatch.setenv("MEDBOT_PROGRESS", "0")  # what --quiet sets
     knowledge_accuracy(model, tok, questions)
     assert "knowledge questions" not in capsys.readouterr().err
+
+
+def test_prompts_that_leave_no_room_to_answer_are_skipped_and_counted(tiny):
+    """A long forum post can exceed the generation budget: it is left out of the generated
+    evaluation (and counted), instead of stopping the whole evaluation with an error."""
+    from medbot_eval import fits_for_generation
+
+    _, tok, cfg = tiny
+    cfg = cfg.replace(gen_max_length=200)  # the byte tokenizer: one token a character
+    rows = [Dialogue("I have a cough.", "Rest.", "t:1"), Dialogue("x" * 300, "Too long.", "t:2"),
+            Dialogue("Short again.", "Fine.", "t:3", history=[("y" * 150, "An earlier long turn.")])]  # fmt: skip
+    kept, skipped = fits_for_generation(tok, cfg, rows)
+    assert [d.where for d in kept] == ["t:1"] and skipped == 2  # the history counts too
+    assert fits_for_generation(tok, cfg.replace(gen_max_length=2000), rows) == (rows, 0)
