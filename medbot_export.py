@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from medbot_config import CONFIG_FILE, MedbotConfig
-from medbot_utils import chat_messages, parse_sources, progress, render_chat, template_parts
+from medbot_utils import chat_messages, parse_sources, progress, render_chat, source_file_name, template_parts
 
 CARD_FACTS = Path(__file__).resolve().parent / "data" / "model_card.toml"
 TRAINING_CONFIG = "medbot_training_config.json"  # an export's copy of the adapter's config
@@ -441,7 +441,7 @@ def _card_model(
 def _card_data(cfg: MedbotConfig, facts: dict) -> str:
     lines = ["## Training data", "", "| source | weight | sha256 | licence |", "|---|---|---|---|"]
     for spec, weight in parse_sources(cfg.data_path):
-        path, name = Path(spec), _data_file_name(spec)
+        path, name = Path(spec), source_file_name(spec)
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "(not a local file)"
         licence = facts["data_licence"].get(name, "licence not recorded")
         lines.append(
@@ -453,10 +453,6 @@ def _card_data(cfg: MedbotConfig, facts: dict) -> str:
         f"Split: {cfg.eval_fraction:.0%} of distinct first patient messages held out for evaluation (seed {cfg.seed}).",
     ]  # fmt: skip
     return "\n".join(lines)
-
-
-def _data_file_name(spec: str) -> str:
-    return spec[3:] if spec.startswith("hf:") else Path(spec.split("?")[0]).name
 
 
 def _card_recipe(cfg: MedbotConfig) -> str:
@@ -511,7 +507,7 @@ def _card_safety() -> str:
 
 
 def _card_licences(cfg: MedbotConfig, base: str, licence: str | None, facts: dict) -> str:
-    names = [_data_file_name(spec) for spec, _ in parse_sources(cfg.data_path)]
+    names = [source_file_name(spec) for spec, _ in parse_sources(cfg.data_path)]
     return "\n".join([
         "## Licences", "",
         f"- Weights: derived from `{base}`, licence {licence or 'not recorded: check the base model card'}.",

@@ -510,13 +510,18 @@ def describe_data(data_path: str) -> str:
     facts = tomllib.loads((Path(__file__).parent / "data" / "model_card.toml").read_text())["data_licence"]
     lines = []
     for spec, weight in parse_sources(data_path):
-        file_name = spec[3:] if spec.startswith("hf:") else Path(spec.split("?")[0]).name
+        file_name = source_file_name(spec)
         path = Path(spec)
         size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "size known once loaded"
         where = "by URL" if "://" in spec else "Hugging Face hub" if spec.startswith("hf:") else "local file"
         licence = facts.get(file_name, "licence not recorded: check its source before training")
         lines.append(f"data: {source_name(spec)} (weight {weight:g}; {where}, {size}); licence: {licence}")
     return "\n".join(lines)
+
+
+def source_file_name(spec: str) -> str:
+    """The file name of a source (or the dataset id): the key its licence is recorded under."""
+    return spec[3:] if spec.startswith("hf:") else Path(spec.split("?")[0]).name
 
 
 def source_name(spec: str | Path) -> str:
