@@ -11,11 +11,15 @@ model's training queries out of all of them) and on LiveQA (real consumer questi
 trained on): the perplexity of the reference answers (all held-out dialogues, up to --ppl a
 source) and the embedding similarity of generated answers to the references (the first --gen),
 each mix-vs-one difference with a paired bootstrap 95% interval. Prints one table.
+
+On a machine without the MiniLM embedder (the GPU machine), `--no-similarity --save r.json`
+keeps the generated answers, and `--table r.json` scores them and prints the table here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -49,7 +53,16 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=128, help="held-out rows for the Trainer's eval loss")
     ap.add_argument("--pack-tokens", type=int, default=0, help="pack dialogues into rows of this many tokens "
                     "(one row a step): no padding, so more dialogues a second on a CPU")  # fmt: skip
+    ap.add_argument("--save", help="write losses, answers and references to this JSON file")
+    ap.add_argument(
+        "--no-similarity", action="store_true", help="skip the embedder (score later with --table)"
+    )
+    ap.add_argument("--table", help="print the table of a --save file, scoring its answers here")
     args = ap.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_table(saved["results"], add_similarity(saved["results"], Embedder()), saved["args"])
+        return
     data = Path(args.data)
     work = Path(tempfile.mkdtemp())
     base = preset(args.profile).replace(max_steps=args.steps, eval_steps=args.steps, logging_steps=max(1, args.steps // 10),
@@ -59,7 +72,6 @@ def main() -> None:
     mix_cfg = base.replace(data_path=",".join(str(data / f) for f in MIX))
     held = by_source(load_data(mix_cfg.replace(max_eval_samples=None)).eval)
     held["liveqa"] = load_dialogues(data / "liveqa-test.jsonl")[0]
-    embedder = Embedder()
     results: dict[str, dict] = {}
     for name, files in (("one", ONE), ("mix", MIX)):
         cfg = base.replace(data_path=",".join(str(data / f) for f in files), output_dir=str(work / name),
@@ -69,7 +81,7 @@ def main() -> None:
         model.eval()
         results[name] = {"seconds": time.time() - started}
         for set_name, rows in held.items():
-            results[name][set_name] = score(model, tok, cfg, rows, args, embedder)
+            results[name][set_name] = score(model, tok, cfg, rows, args)
         if name == "one":  # the base model, adapter off, for scale
             with model.disable_adapter():
                 results["base"] = {
@@ -77,7 +89,9 @@ def main() -> None:
                     for s, rows in held.items()
                 }
         del model
-    print_table(results, held, args)
+        if args.save:  # after each model, so a run cut short keeps what it finished
+            Path(args.save).write_text(json.dumps({"args": vars(args), "results": results}))
+    print_table(results, None if args.no_similarity else add_similarity(results, Embedder()), vars(args))
 
 
 def by_source(rows: list[Dialogue]) -> dict[str, list[Dialogue]]:
@@ -99,7 +113,7 @@ def train_run(cfg):  # noqa: ANN001, ANN201 - a bench helper
     return trainer.model, tok
 
 
-def score(model, tok, cfg, rows: list[Dialogue], args, embedder) -> dict:  # noqa: ANN001
+def score(model, tok, cfg, rows: list[Dialogue], args) -> dict:  # noqa: ANN001
     losses = answer_losses(model, tok, cfg, rows[: args.ppl])
     gen_rows = fits_for_generation(tok, cfg, rows)[0][: args.gen]  # a long forum post can fill the budget
     answers = []
@@ -109,8 +123,20 @@ def score(model, tok, cfg, rows: list[Dialogue], args, embedder) -> dict:  # noq
             model, tok, cfg, [d.input for d in chunk], seed=i, max_new_tokens=args.gen_tokens
         )
         answers += [r.answer for r in replies]
-    sim = answer_metrics(answers, [d.output for d in gen_rows], embedder)["similarity"]
-    return {"losses": losses, "similarity": sim}
+    return {"losses": losses, "answers": answers, "references": [d.output for d in gen_rows]}
+
+
+def add_similarity(results: dict, embedder: Embedder) -> dict[str, dict[str, list[float]]]:
+    """Embedding similarity of every generated answer to its reference, by model and set."""
+    return {
+        name: {
+            s: answer_metrics(r["answers"], r["references"], embedder)["similarity"]
+            for s, r in by_set.items()
+            if s != "seconds"
+        }
+        for name, by_set in results.items()
+        if name in ("one", "mix")
+    }
 
 
 def ppl(losses: list[tuple[float, int]]) -> float:
@@ -132,19 +158,22 @@ def ppl_ratio(
     return ratio(idx), boot[int(0.025 * samples)], boot[int(0.975 * samples) - 1]
 
 
-def print_table(results: dict, held: dict[str, list[Dialogue]], args) -> None:  # noqa: ANN001
-    print(f"\nOne source vs the mix, {args.steps} steps each ({args.profile} profile)")
+def print_table(results: dict, sims: dict | None, args: dict) -> None:
+    print(f"\nOne source vs the mix, {args['steps']} steps each ({args['profile']} profile)")
     print(f"  training time: one {results['one']['seconds']:.0f} s, mix {results['mix']['seconds']:.0f} s")
     print(f"{'held-out set':<22} {'n ppl':>5} {'base':>7} {'one':>7} {'mix':>7} {'mix/one [95% CI]':>24} "
           f"{'n gen':>5} {'sim one':>8} {'sim mix':>8} {'mix-one [95% CI]':>24}")  # fmt: skip
-    for name in held:
+    for name in (k for k in results["one"] if k != "seconds"):
         one, mix = results["one"][name], results["mix"][name]
         r, lo, hi = ppl_ratio(mix["losses"], one["losses"])
-        d = paired_bootstrap(mix["similarity"], one["similarity"])
-        print(f"{name:<22} {len(one['losses']):>5} {ppl(results['base'][name]['losses']):>7.2f} {ppl(one['losses']):>7.2f} "
-              f"{ppl(mix['losses']):>7.2f} {r:>8.3f} [{lo:.3f}, {hi:.3f}]    {len(one['similarity']):>5} "
-              f"{statistics.fmean(one['similarity']):>8.3f} {statistics.fmean(mix['similarity']):>8.3f} "
-              f"{d['diff']:>+8.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")  # fmt: skip
+        line = (f"{name:<22} {len(one['losses']):>5} {ppl(results['base'][name]['losses']):>7.2f} {ppl(one['losses']):>7.2f} "
+                f"{ppl(mix['losses']):>7.2f} {r:>8.3f} [{lo:.3f}, {hi:.3f}]    {len(one['references']):>5}")  # fmt: skip
+        if sims is not None:
+            so, sm = sims["one"][name], sims["mix"][name]
+            d = paired_bootstrap(sm, so)
+            line += (f" {statistics.fmean(so):>8.3f} {statistics.fmean(sm):>8.3f} "
+                     f"{d['diff']:>+8.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")  # fmt: skip
+        print(line)
 
 
 if __name__ == "__main__":
