@@ -5,7 +5,9 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl: messages written independently, never used to train or tune;
+- data/safety_test/messages.jsonl and messages_b.jsonl: messages written independently (two writers,
+  briefed apart; set b adds case-note, long-narrative, second-language and dictated voices), never
+  used to train or tune;
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated; for the forum questions, the held-out half against the level this project
@@ -43,7 +45,7 @@ def main() -> None:
 
     test = [{"text": m.text, "level": m.level, "voice": m.voice} for m in generate() if m.split == "test"]
     print_levels("Triage, generated test split (template families never trained on)", test)
-    for name in ("safety_test/messages.jsonl",):
+    for name in ("safety_test/messages.jsonl", "safety_test/messages_b.jsonl"):
         path = ROOT / "data" / name
         if path.exists():
             print_levels(

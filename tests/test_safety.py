@@ -8,6 +8,7 @@ import json
 import re
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, SHARED_DATA
@@ -242,6 +243,19 @@ def test_generated_training_set_is_split_by_family():
             assert not any(m.text.startswith(start) for m in messages if m.split != "test"), frame
     voices = {m.voice for m in messages}
     assert {"first", "third", "parent", "terse", "typos", "slang", "hedged", "admin"} <= voices
+    assert {"clinical", "narrative", "nonnative", "dictated"} <= voices
+
+
+def test_features_of_a_message_do_not_depend_on_what_it_is_batched_with():
+    """Mean and max pooling over real tokens only: padding for a longer neighbour changes nothing."""
+    reader = medbot_triage.embedder()
+    short = "my chest hurts"
+    long = "I have had a dull ache on the left side for three days, worse when I breathe in, " * 3
+    emb, alone = reader.features([short])
+    _, batched = reader.features([long, short])
+    assert alone.shape == (1, 2 * 384 * len(medbot_triage.LAYERS)) and emb.shape == (1, 384)
+    assert np.allclose(alone[0], batched[1], atol=1e-4)
+    assert not np.allclose(batched[0], batched[1], atol=1e-2)
 
 
 @pytest.mark.skipif(not safety_report.FORUMS.exists(), reason="reads ../shared/data")
