@@ -159,8 +159,10 @@ def _local_gpu() -> int:
 
 
 def _linear_types() -> tuple[type, ...]:
-    import bitsandbytes as bnb
-
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # a 16/32-bit model on a machine without bitsandbytes has no 4-bit layers
+        return (nn.Linear,)
     return (nn.Linear, bnb.nn.Linear4bit)
 
 
