@@ -1,7 +1,9 @@
 """One source or a deduplicated mix, the same step budget: which generalises better?
 
-    python bench/data_mix.py --steps 150                       # the embedded model on this CPU
-    python3 bench/data_mix.py --data .device/data --steps 400 --gen 40     # on the GPU machine
+    python bench/data_mix.py --steps 24 --pack-tokens 1024 --ppl 32 --gen 12     # 2 CPU cores, ~1 h
+    python3 bench/data_mix.py --data .device/data --steps 400 --pack-tokens 2048 --ppl 300 --gen 40 \
+        --gen-tokens 96 --eval-rows 64 --no-similarity --save r.json             # an H100, 9.5 min
+    python bench/data_mix.py --table r.json                                      # score it here
 
 Trains the profile (default `embedded`) twice from the same base and seed: once on
 genmedgpt5k alone, once on genmedgpt5k + health-forums + covid-dialogue + wikidoc-patient-info
