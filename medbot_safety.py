@@ -155,13 +155,12 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
             r = results[i]
             r.probs = verdict.probs
             # A rule matches words; the model reads the whole message. Where a rule's words stand in
-            # a message the model reads as plainly routine (below its same-day band: "my dad had a
-            # stroke in 2015, is it hereditary?"), same-day care instead of an alarm. Out of fold on
-            # the generated messages this kept recall (0.874 -> 0.870) and cut false alarms 11% -> 5%.
-            if (
-                r.emergency
-                and verdict.probs["emergency"] + verdict.probs["crisis"] < reader.thresholds["watch"]
-            ):
+            # a message the model reads as plainly routine (below its same-day band and likelier
+            # routine than urgent: "my dad had a stroke in 2015, is it hereditary?"), same-day care
+            # instead of an alarm. Out of fold on the generated messages this kept recall (0.874 ->
+            # 0.870) and cut false alarms 11% -> 5%. A message the model reads as urgent keeps the
+            # rule's alarm ("our newborn feels hot and has a temperature": p(urgent) 0.51).
+            if r.emergency and verdict.level == "routine":
                 r.crisis, r.emergency, r.urgent = False, False, True
                 r.flags.append(Flag("model.routine", f"p(routine)={verdict.probs['routine']:.2f}: the rule's "
                                     "words, read in the whole message, look routine; same-day care instead"))  # fmt: skip

@@ -5,9 +5,10 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl and messages_b.jsonl: messages written independently (two writers,
-  briefed apart; set b adds case-note, long-narrative, second-language and dictated voices), never
-  used to train or tune;
+- data/safety_test/messages.jsonl, messages_b.jsonl and messages_c.jsonl: messages written
+  independently (three writers, briefed apart; set b adds case-note, long-narrative, second-language
+  and dictated voices; set c's writer chose its own 75 styles and saw no list of ours), never used
+  to train or tune;
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated; for the forum questions, the held-out half against the level this project
@@ -24,6 +25,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from medbot_triage import LEVELS, Message
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data" / "dialogue"
 ESCALATED = ("emergency", "crisis")
+VOICE_MIN = 10  # voices with fewer messages are counted in the totals only
 FORUMS = SHARED / "health-forums.jsonl"
 FORUM_LABELS = ROOT / "data" / "triage_forum_labels.jsonl"  # levels we read in its questions: ids, no text
 
@@ -45,7 +48,11 @@ def main() -> None:
 
     test = [{"text": m.text, "level": m.level, "voice": m.voice} for m in generate() if m.split == "test"]
     print_levels("Triage, generated test split (template families never trained on)", test)
-    for name in ("safety_test/messages.jsonl", "safety_test/messages_b.jsonl"):
+    for name in (
+        "safety_test/messages.jsonl",
+        "safety_test/messages_b.jsonl",
+        "safety_test/messages_c.jsonl",
+    ):
         path = ROOT / "data" / name
         if path.exists():
             print_levels(
@@ -102,7 +109,9 @@ def level_table(rows: list[dict], levels: list[str]) -> dict:
         },
         "routine escalated": {"false_alarm": share(lambda i: gold[i] == "routine", lambda i: esc[i])},
     }
-    voices = sorted({r.get("voice", "") for r in rows} - {""})
+    # per voice where a writer used a voice at least VOICE_MIN times (writer C named 75 styles)
+    counts = Counter(r.get("voice", "") for r in rows)
+    voices = sorted(v for v, n in counts.items() if v and n >= VOICE_MIN)
     for v in voices:
         table[f"  voice {v}: escalated"] = {
             "recall": share(lambda i, v=v: gold[i] in ESCALATED and rows[i].get("voice") == v, lambda i: esc[i]),

@@ -78,8 +78,8 @@ def main() -> None:
     t_export = time.perf_counter() - t0
     peak_export = torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan")
     vs16 = merge_into_16bit_difference(adapter, work / "merged", tok, cfg)
+    print(json.dumps({**check, **vs16, "export_s": t_export}), flush=True)  # before decoding (needs MiniLM)
     if not gpu:  # decoding speed needs the GPU; the merge numbers are the point here
-        print(json.dumps({**check, **vs16, "export_s": t_export}, indent=1))
         return
     torch.cuda.empty_cache()
 

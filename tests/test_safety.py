@@ -172,18 +172,18 @@ def test_higher_level_wins_between_rules_and_model(monkeypatch):
 
 def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch):
     """Below the model's same-day band a rule's words give urgent advice, not an alarm; at or above
-    it the rule's emergency stands (the model need not reach its own emergency threshold)."""
+    it, or where the model reads the message as urgent, the rule's emergency stands (the model need
+    not reach its own emergency threshold)."""
 
     class Fixed:
         thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
 
-        def __init__(self, esc):
-            self.p = {"routine": 1.0 - esc, "urgent": 0.0, "emergency": esc, "crisis": 0.0}
+        def __init__(self, esc, urgent=0.0):
+            self.p = {"routine": 1.0 - esc - urgent, "urgent": urgent, "emergency": esc, "crisis": 0.0}
 
         def predict(self, texts):
-            return [
-                medbot_triage.ModelVerdict("routine", self.p, [("fam.x", "an example", 0.9)]) for _ in texts
-            ]
+            level = medbot_triage.decide(np.array(list(self.p.values())), self.thresholds)
+            return [medbot_triage.ModelVerdict(level, self.p, [("fam.x", "an example", 0.9)]) for _ in texts]
 
     text = "My brother collapsed and is unresponsive."
     monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.29))
@@ -191,6 +191,8 @@ def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch)
     assert t.level == "urgent" and t.advice == URGENT_ADVICE
     assert [f.code for f in t.flags] == ["emergency.unconscious_seizure", "model.routine"]
     monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.3))
+    assert triage(text).level == "emergency"
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.2, urgent=0.5))  # read as urgent
     assert triage(text).level == "emergency"
     assert triage(text, model=False).level == "emergency"  # the rules alone still escalate
     assert triage("collapsed, unresponsive").level == "emergency"  # too short for the model: rules decide
