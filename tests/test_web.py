@@ -702,6 +702,47 @@ def test_an_abandoned_non_streaming_request_stops_generating(slow_server):
     assert model.emitted == 5  # and the second ran to its own end
 
 
+def test_connections_beyond_the_cap_get_503_at_once_and_the_server_recovers(slow_server):
+    """The connection cap (uvicorn's limit_concurrency) under load: while the cap is held by open
+    streaming requests, every further request is refused with 503 at once (no hang, no crash), and
+    once those clients go away the server answers again."""
+    import socket
+
+    import httpx
+
+    cap = 6
+    url, _ = slow_server(delay=0.05, max_connections=cap, queue_size=20, max_new_tokens=200)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps(chat_body(max_tokens=200, stream=True)).encode()
+    held = []
+    for _ in range(cap - 1):  # the connection that asks next is the cap-th: refused
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        held.append(s)
+    time.sleep(0.5)
+    codes: list[int] = []
+
+    def one() -> None:
+        codes.append(httpx.get(f"{url}/v1/models", timeout=10).status_code)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [503] * 30 and time.monotonic() - started < 5
+    for s in held:  # the streaming clients go away: their generations stop, their slots free
+        s.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/v1/models", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the server did not recover after the clients left"
+        time.sleep(0.2)
+    r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=5), timeout=30)
+    assert r.status_code == 200
+
+
 def test_a_burst_of_waiting_requests_does_not_stall_the_server(slow_server):
     import httpx
 
