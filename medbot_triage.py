@@ -73,12 +73,7 @@ CRISIS_FALSE_ALARMS = 0.02
 FOLDS = 2  # family-grouped folds for out-of-fold scores
 WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.jsonl"
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)
-LAYERS = (
-    1,
-    2,
-    3,
-    4,
-)  # MiniLM layers whose mean- and max-pooled token states the head reads (Embedder.features)
+LAYERS = (1, 2, 3, 4)  # MiniLM layers the head reads, mean- and max-pooled (Embedder.features)
 HIDDEN = 256  # the head's hidden width
 EPOCHS = 20  # 24 before v2.4: 20 matched it out of fold on 21% more messages, 15 s faster
 LEARNING_RATE = 1e-3  # peak of a one-cycle schedule
@@ -105,9 +100,7 @@ class TriageModel:
 
     head: dict[str, np.ndarray]  # mu, sd (F,) standardise features; w1 (H, F), b1 (H,), w2 (4, H), b2 (4,)
     thresholds: dict[str, float]  # escalate: p(emergency)+p(crisis); crisis: p(crisis)
-    proto: (
-        np.ndarray
-    )  # (families, EVIDENCE_DIMS) family centres in the basis below, L2-normalised (int8 stored)
+    proto: np.ndarray  # (families, EVIDENCE_DIMS) family centres in `basis`, unit length (int8 stored)
     proto_family: list[str]
     proto_text: list[str]
     fingerprint: str
@@ -253,9 +246,8 @@ class Embedder:
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = [(states[k] * mask).sum(1) / mask.sum(1) for k in LAYERS]
             peaks = [states[k].masked_fill(mask == 0, -1e4).amax(1) for k in LAYERS]  # padding never wins
-            emb[rows] = torch.nn.functional.normalize(
-                pooled[-1], dim=-1
-            ).numpy()  # evidence: nearest families
+            # the last layer read, for the evidence (nearest families)
+            emb[rows] = torch.nn.functional.normalize(pooled[-1], dim=-1).numpy()
             feats[rows] = torch.cat(pooled + peaks, -1).numpy()
         return emb, feats
 
