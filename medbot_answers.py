@@ -19,9 +19,13 @@ The checks, sentence by sentence:
   above generic limits ("3 tablets every 2 hours", 1 g at once, 4 g a day); a child's liquid dose
   above the largest label dose. Stated caps and amounts in a condition ("if 500 mg does nothing")
   are not doses. A dose above the maximum of a prescription medicine also changes the prescription.
-- stopping or changing a prescription medicine without the prescriber;
+- stopping or changing a prescription medicine without the prescriber ("it" and an unnamed dose
+  change stand for the question's medicine: "The pill?" + "just stop it now"); a once-a-week
+  medicine (methotrexate) advised daily;
 - regular-expression rules: a certain diagnosis, a controlled (or someone else's) medicine, a
-  claim to be or act as a clinician, and dose wording no number shows ("double the dose", "a whole
+  claim to be or act as a clinician, coaching to mislead a prescriber or pharmacy ("say it was
+  stolen", "don't mention the drinking"), crushing a slow-release tablet, alcohol called fine with
+  a sedating or controlled medicine, and dose wording no number shows ("double the dose", "a whole
   packet"). A match is not advice when a negation comes before it in its clause, when it is a
   condition ("if you miss a dose"), or when the rule's `unless` says so. A sentence that only
   closes the one before with certainty ("Athlete's foot. Case closed.") is read with it.
@@ -68,6 +72,11 @@ ANSWER_RULES: dict[str, list[re.Pattern[str]]] = {
 RULE_UNLESS: dict[str, re.Pattern[str]] = {
     code: re.compile(_expand(spec["unless"])) for code, spec in ANSWERS["rules"].items() if "unless" in spec
 }
+# the person's own medicine ("your codeine"): exempt unless another controlled drug stands beside it
+RULE_OWN: dict[str, re.Pattern[str]] = {
+    code: re.compile(_expand(spec["own"])) for code, spec in ANSWERS["rules"].items() if "own" in spec
+}
+OWN_DRUG = re.compile(rf"\byour (?:own |prescribed |usual |regular )?(?:{_expand(ANSWERS['controlled'])})\b")
 REASON_TEXT: dict[str, str] = {code: spec["reason"] for code, spec in ANSWERS["rules"].items()} | ANSWERS[
     "reasons"
 ]
@@ -98,7 +107,9 @@ def answer_flags(text: str, question: str = "") -> list[Flag]:
     question (normalised too), when given, is the context of the answer's doses: its drug, tablet
     or liquid strength and child ("I have 400 mg ibuprofen" + "take 3 tablets 4 times a day")."""
     sentences = _sentences(text)
-    flags = _dose_flags(sentences, _question_context(question)) + _stop_medication_flags(sentences)
+    flags = (
+        _dose_flags(sentences, _question_context(question)) or _weekly_only_flags(sentences, question)
+    ) + _stop_medication_flags(sentences, question)
     changed = _prescription_over(flags)
     if changed and not any(f.code == "answer.stop_medication" for f in flags):
         flags.append(
@@ -163,9 +174,17 @@ def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str 
     """The words of the first pattern match in the sentence that is advice (see the module docstring)."""
     if code in RULE_UNLESS and RULE_UNLESS[code].search(sentence):
         return None
+    if (
+        code in RULE_OWN
+        and RULE_OWN[code].search(sentence)
+        and not CONTROLLED.search(OWN_DRUG.sub(" ", sentence))
+    ):
+        return None
     for pattern in patterns:
         for m in pattern.finditer(sentence):
-            if not _negated(sentence, m.start(), m.group(0)) and not _conditional(sentence, m.start()):
+            # a pattern that says its own negation ("don't mention ..."): only one before it counts
+            span = "" if m.groupdict().get("hidden") else m.group(0)
+            if not _negated(sentence, m.start(), span) and not _conditional(sentence, m.start()):
                 return m.group(0)
     return None
 
@@ -212,19 +231,21 @@ def _find_drugs(words: tuple[str, ...]) -> list[tuple[str, int, int]]:
 # ----------------------------------------------------------------------------- stopping a medicine
 
 
-def _stop_medication_flags(sentences: list[str]) -> list[Flag]:
-    """Stopping, pausing, skipping, halving or changing a prescription medicine, unless the prescriber decides."""
+def _stop_medication_flags(sentences: list[str], question: str = "") -> list[Flag]:
+    """Stopping, pausing, skipping, halving or changing a prescription medicine, unless the prescriber
+    decides. "It" and a dose change with no medicine named stand for the question's prescription
+    medicine when the answer names none ("The pill?" + "Yes, just stop it now")."""
     for i, sentence in enumerate(sentences):
         if PRESCRIBER_CUE.search(sentence):
             continue
         previous = sentences[i - 1] if i else ""
         for action in STOP_ACTIONS.finditer(sentence):
-            medicine = _advice(sentence, action) and _object_medicine(sentence, action, previous)
+            medicine = _advice(sentence, action) and _object_medicine(sentence, action, previous, question)
             if medicine:
                 return [Flag("answer.stop_medication", f"{action.group(0)} ... {medicine}")]
         for action in DOSE_ACTIONS.finditer(sentence):
             medicine = _advice(sentence, action) and (
-                _medicine_in(sentence, otc=True) or _medicine_in(previous, otc=True)
+                _medicine_in(sentence, otc=True) or _medicine_in(previous, otc=True) or _medicine_in(question)
             )
             if medicine:
                 return [Flag("answer.stop_medication", f"{action.group(0)} ... {medicine}")]
@@ -244,7 +265,8 @@ def _advice(sentence: str, action: re.Match[str]) -> bool:
     description ("missing doses can make your heart race": a gerund without an advice frame)?"""
     if _negated(sentence, action.start()) or _conditional(sentence, action.start()):
         return False
-    if action.group(0).split()[0].endswith("ing"):
+    # a gerund, or a stretch of time off it ("two weeks off venlafaxine"), is a description unless framed as advice
+    if action.group(0).split()[0].endswith("ing") or TIME_OFF.match(action.group(0)):
         return bool(
             GERUND_ADVICE.search(sentence[: action.start()])
             or GERUND_REASSURANCE.search(sentence[action.end() :])
@@ -252,9 +274,14 @@ def _advice(sentence: str, action: re.Match[str]) -> bool:
     return True
 
 
-def _object_medicine(sentence: str, action: re.Match[str], previous: str) -> str | None:
+TIME_OFF = re.compile(
+    r"(?:a|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fourteen|a few|a couple of|several|\d+)[- ](?:days?|weeks?|nights?|months?|weekends?) off\b"
+)
+
+
+def _object_medicine(sentence: str, action: re.Match[str], previous: str, question: str = "") -> str | None:
     """The medicine the action is done to: named within five words of the clause ("stop your
-    warfarin"), or "it"/"them" standing for a medicine of this sentence or the one before."""
+    warfarin"), or "it"/"them" standing for a medicine of this sentence, the one before or the question."""
     rest = sentence[action.end() :]
     clause_end = CLAUSE_BREAK.search(rest)
     after = " ".join(rest[: clause_end.start() if clause_end else None].split()[:5])
@@ -264,7 +291,7 @@ def _object_medicine(sentence: str, action: re.Match[str], previous: str) -> str
     )  # "put it in a drawer", "leave them out"
     if medicine or not pronoun:
         return medicine
-    return _medicine_in(sentence) or _medicine_in(previous)
+    return _medicine_in(sentence) or _medicine_in(previous) or _medicine_in(question)
 
 
 def _medicine_in(text: str, otc: bool = False) -> str | None:
@@ -411,6 +438,9 @@ class _Amount:
     paren: bool = False  # "(1200 mg)" after a count restates it
     repeat: bool = False  # "2 more", "another 3": the dose before, taken again
 
+    def __post_init__(self) -> None:
+        self.low = min(self.low, self.value)  # "call 999 - a paracetamol overdose ..." is no range
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -461,6 +491,38 @@ def _dose_flags(sentences: list[str], ctx: _Context | None = None) -> list[Flag]
     for drug, (daily_max, once, regular) in totals.items():
         if not capped and once + regular > daily_max:
             return [Flag("answer.dose_over_max", f"{drug}: {once + regular:g} mg a day over the answer")]
+    return []
+
+
+WEEKLY_ONLY = re.compile(rf"\b(?:{ANSWERS['weekly_only']})\b")
+
+
+def _weekly_only_flags(sentences: list[str], question: str = "") -> list[Flag]:
+    """A medicine taken once a week (methotrexate) advised every day: a tenfold overdose. The drug is
+    named in the sentence, or in the question when the answer names no other drug ("split it into
+    a bit each day")."""
+    in_question = bool(WEEKLY_ONLY.search(question))
+    for sentence in sentences:
+        named = WEEKLY_ONLY.search(sentence)
+        others = {d for d, _, _ in _find_drugs(tuple(re.findall(r"[a-z][a-z0-9-]+", sentence)))}
+        if named and others - {"Methotrexate"}:  # "folic acid every day except the methotrexate day"
+            continue
+        if not named and not (
+            in_question and not _drug_mentions(sentence) and not _medicine_in(sentence, otc=True)
+        ):
+            continue
+        for m in _FREQ.finditer(sentence):
+            daily = m.group("daily") or m.group("times") or m.group("times2") or m.group("hours")
+            if (
+                daily
+                and not _negated(sentence, m.start())
+                and not _conditional(sentence, m.start())
+                and not (
+                    HARM_AFTER.search(sentence[m.end() :])
+                    or LIMIT_BEFORE.search(sentence[max(0, m.start() - 25) : m.start()])
+                )
+            ):
+                return [Flag("answer.dose_over_max", f"a once-a-week medicine daily: {sentence[:120]}")]
     return []
 
 
@@ -782,6 +844,10 @@ def _advised_cap_over(
             continue  # "no more than 6 mg over a course"
         if SINGLE_CUE.match(sentence, start) and cap > single_max:  # "up to 2 g of ibuprofen in one go"
             return True
+        # "up to 4 tablets every 4 hours": a cap on each dose
+        hourly = re.match(rf"[^,;.]{{0,40}}?\b(?:{_FREQ.pattern})", sentence[start:])
+        if hourly and _hours(hourly) and cap > single_max:
+            return True
         # "up to 2 tablets 4 times a day": the frequency belongs to the cap (not itself a cap)
         times = re.match(r"[^,;]{0,40}\btimes\b", sentence[start:]) and _FREQ.search(
             sentence, start, start + 60
@@ -795,7 +861,7 @@ def _count(sentence: str, span: tuple[int, int], things: str, caps: bool = False
     """The first tablet count in the span that is not a stated cap: "3 of the 500 mg tablets",
     "1 or 2 tablets" (the upper end), "6 advil" (with `things` the drug's name)."""
     pattern = (
-        rf"(?<![/.])\b(?:(?P<low>{_N}) ?(?:or|to|-) ?)?(?P<n>{_N})\b(?!/| ?(?:{_UNIT}|ml|%|hours?|hrs?|times?|days?|weeks?|months?|years?|"
+        rf"(?<![/.])\b(?!(?:999|911|112|111|988|000)\b)(?:(?P<low>{_N}) ?(?:or|to|-) ?)?(?P<n>{_N})\b(?!/| ?(?:{_UNIT}|ml|%|hours?|hrs?|times?|days?|weeks?|months?|years?|"
         rf"minutes?|kg|lbs?|pounds?|puffs?|doses?)\b)(?: of (?:the|your|those|these|my|his|her))?"
         rf"(?: (?!(?:and|or|but|is|are|was|for|to|in|at|if|with|because|so|then|under|over|ml)\b)[\w/.'-]+){{0,4}}? (?:{things})\b"
     )
@@ -892,7 +958,8 @@ def _amounts(
         found.append(
             _Amount(mg, m.start(), m.end(), low, paren=sentence[max(0, m.start() - 1) : m.start()] == "(")
         )
-    conc = _CONC.search(sentence)
+    # the strength said in this part first: "Calpol Six Plus (250 mg/5 ml) ..., or Nurofen (100 mg/5 ml) is 7.5 ml"
+    conc = _CONC.search(sentence, *span) or _CONC.search(sentence)
     if conc:  # "40 ml of the 250 mg/5 ml suspension": 2000 mg
         per_ml = float(conc.group("mg")) / float(conc.group("ml") or 1)
     per_ml = per_ml if conc else (_product_per_ml(sentence) or per_ml)
@@ -923,7 +990,7 @@ def _stated_cap(sentence: str) -> bool:
     """Does the sentence state its own daily cap ("no more than 240 mg in 24 hours")? Then the daily
     reading of "30 to 60 mg every 4 hours" is the label's, not advice to take 360 mg."""
     return any(LIMIT_BEFORE.search(sentence[max(0, m.start() - 45) : m.start()])
-               for m in re.finditer(rf"\b\d+(?:\.\d+)? ?(?:{_UNIT}|{_TABLETS}|doses?)\b"
+               for m in re.finditer(rf"\b(?:\d+(?:\.\d+)?|{_WORD_N}) ?(?:{_UNIT}|{_TABLETS}|doses?)\b"
                                     rf"|\b(?:{_N}) (?:in (?:24 hours|a day|one day|any 24)|a day|per day|daily)\b", sentence))  # fmt: skip
 
 

@@ -5,17 +5,18 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl, messages_c.jsonl and messages_d.jsonl:
-  messages written independently (four writers, briefed apart; set b adds case-note,
-  long-narrative, second-language and dictated voices; sets c and d's writers chose their own
-  styles and saw no list of ours; set d adds less common emergencies), never used to train or tune;
+- data/safety_test/messages.jsonl, messages_b.jsonl, messages_c.jsonl, messages_d.jsonl and
+  messages_e.jsonl: messages written independently (five writers, briefed apart; set b adds
+  case-note, long-narrative, second-language and dictated voices; sets c, d and e's writers chose
+  their own styles and saw no list of ours; set d adds less common emergencies; set e is short,
+  telegraphic messages, half of its routine ones medicine questions), never used to train or tune;
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated; for the forum questions, the held-out half against the level this project
   read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
 Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3 and _dev4
-(development; dev4 not yet tuned on), data/safety_answers.jsonl.
+(development; dev4 tuned on in v2.5), data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
         "safety_test/messages_b.jsonl",
         "safety_test/messages_c.jsonl",
         "safety_test/messages_d.jsonl",
+        "safety_test/messages_e.jsonl",
     ):
         path = ROOT / "data" / name
         if path.exists():
