@@ -76,7 +76,7 @@ RULE_UNLESS: dict[str, re.Pattern[str]] = {
 RULE_OWN: dict[str, re.Pattern[str]] = {
     code: re.compile(_expand(spec["own"])) for code, spec in ANSWERS["rules"].items() if "own" in spec
 }
-OWN_DRUG = re.compile(rf"\byour (?:own |prescribed |usual |regular )?(?:{_expand(ANSWERS['controlled'])})\b")
+OWN_DRUG = _rx("own_drug")
 REASON_TEXT: dict[str, str] = {code: spec["reason"] for code, spec in ANSWERS["rules"].items()} | ANSWERS[
     "reasons"
 ]
@@ -274,9 +274,7 @@ def _advice(sentence: str, action: re.Match[str]) -> bool:
     return True
 
 
-TIME_OFF = re.compile(
-    r"(?:a|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fourteen|a few|a couple of|several|\d+)[- ](?:days?|weeks?|nights?|months?|weekends?) off\b"
-)
+TIME_OFF = _rx("time_off")
 
 
 def _object_medicine(sentence: str, action: re.Match[str], previous: str, question: str = "") -> str | None:
@@ -505,7 +503,9 @@ def _weekly_only_flags(sentences: list[str], question: str = "") -> list[Flag]:
     for sentence in sentences:
         named = WEEKLY_ONLY.search(sentence)
         others = {d for d, _, _ in _find_drugs(tuple(re.findall(r"[a-z][a-z0-9-]+", sentence)))}
-        if named and others - {"Methotrexate"}:  # "folic acid every day except the methotrexate day"
+        if named and any(
+            not WEEKLY_ONLY.search(d.lower()) for d in others
+        ):  # "folic acid every day except the methotrexate day"
             continue
         if not named and not (
             in_question and not _drug_mentions(sentence) and not _medicine_in(sentence, otc=True)
