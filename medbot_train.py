@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG = "run_config.json"  # the config of the run whose checkpoints are in output_dir
+SEAL = "medbot_complete.json"  # written last into a checkpoint, atomically, once all its files are on disk
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +181,49 @@ class MetricsFileCallback(TrainerCallback):
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self.written.append(row)
+
+
+class CheckpointSealCallback(TrainerCallback):
+    """Seals each checkpoint once the Trainer has written it: every file flushed to disk, then a
+    manifest (file names and sizes) written under a temporary name and renamed into place, which is
+    atomic on POSIX filesystems and NTFS. Until the seal is there the checkpoint does not count
+    (`usable_checkpoint`): a kill or a power cut during a save leaves an unsealed folder, never one
+    that looks whole. The Trainer writes its files in place; redirecting its private
+    `_save_checkpoint` to a temporary folder would break with its next release, the seal does not.
+    """
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            seal_checkpoint(folder)
+
+
+def seal_checkpoint(folder: str | Path) -> None:
+    """Flush a finished checkpoint's files to disk, then write its SEAL atomically."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(SEAL)):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    tmp = folder / f"{SEAL}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    _fsync(tmp)
+    os.replace(tmp, folder / SEAL)
+    _fsync(folder)  # the rename itself
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk where the OS allows (Windows opens no folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _once_each(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -316,7 +360,7 @@ def build_trainer(
         train_dataset=train_samples,
         eval_dataset=eval_samples,
         data_collator=collator,
-        callbacks=[MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE)]
+        callbacks=[MetricsFileCallback(Path(cfg.logs_dir) / METRICS_FILE), CheckpointSealCallback()]
         + (
             [TensorBoardCallback(SummaryWriter(log_dir=str(Path(cfg.logs_dir) / "tensorboard")))]
             if is_main_process() and "tensorboard" in cfg.report_to
@@ -396,15 +440,17 @@ def usable_checkpoint(output_dir: str | Path) -> str | None:
     A kill during a save (or a sync tool that copied half a file) leaves a checkpoint that would
     crash the resume with a library traceback, and the same crash on every re-run. Each one found
     broken is moved aside to `checkpoint-N.broken` (kept, never deleted) with a warning naming
-    it, and the next older one is tried.
+    it, and the next older one is tried. Where checkpoints carry a SEAL (all that this module's
+    Trainer writes), one without it is broken; folders from before seals are verified file by file.
     """
     folders = sorted(
         (p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
+    sealed = any((f / SEAL).is_file() for f in folders)
     for folder in folders:
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, expect_seal=sealed)
         if problem is None:
             return str(folder)
         aside = folder.with_name(folder.name + ".broken")
@@ -422,16 +468,30 @@ def usable_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def checkpoint_problem(folder: Path) -> str | None:
+def checkpoint_problem(folder: Path, expect_seal: bool = False) -> str | None:
     """What makes a checkpoint folder unusable (None if nothing): a missing trainer state or
-    weights, or a file that does not read whole (JSON that does not parse, safetensors whose data
-    is shorter than its header says, torch files whose zip records fail their CRC)."""
+    weights, no SEAL where one is expected, a file missing or of another size than its SEAL says,
+    or a file that does not read whole (JSON that does not parse, safetensors whose data is shorter
+    than its header says, torch files whose zip records fail their CRC)."""
     import zipfile
 
     if not (folder / "trainer_state.json").is_file():
         return "no trainer_state.json (the save did not finish)"
     if not list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin")):
         return "no model weights"
+    if (folder / SEAL).is_file():
+        try:
+            listed = json.loads((folder / SEAL).read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{SEAL} does not read ({type(e).__name__})"
+        for name, size in listed.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing (listed in {SEAL})"
+            if path.stat().st_size != size:
+                return f"{name} is {path.stat().st_size} bytes, {size} when saved"
+    elif expect_seal:
+        return f"no {SEAL} (the save did not finish)"
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
             continue

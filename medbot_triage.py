@@ -69,7 +69,9 @@ GENERATOR_VERSION = 5  # bump when the expansion below changes: the fingerprint 
 # scores on near misses overlap its scores on emergencies: these budgets trade recall for fewer alarms.
 ROUTINE_FALSE_ALARMS = 0.02  # routine messages escalated to emergency (out of fold)
 ROUTINE_WATCH = 0.15  # routine messages sent to same-day care instead
-CRISIS_FALSE_ALARMS = 0.02
+# A missed crisis costs more than a crisis line shown to someone not at risk: out of fold (v2.6)
+# 0.02 -> 0.03 raised crisis recall 0.932 -> 0.951 and routine messages escalated 3.0% -> 3.8%.
+CRISIS_FALSE_ALARMS = 0.03
 FOLDS = 2  # family-grouped folds for out-of-fold scores
 WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.jsonl"
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)

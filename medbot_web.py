@@ -669,12 +669,20 @@ def load_model(adapter: str | None) -> tuple[Any, Any, MedbotConfig, str]:
 
 def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False, host: str = "127.0.0.1",
            port: int = 7860, limits: Limits | None = None, model_id: str = "medbot",
-           log_messages: bool = False, block: bool = True) -> tuple[str, str | None]:  # fmt: skip
+           log_messages: bool = False, block: bool = True,
+           forwarded_allow_ips: str = "127.0.0.1,::1") -> tuple[str, str | None]:  # fmt: skip
     """Serve the chat page and the API; returns (local URL, public URL or None).
 
     The API key comes from $MEDBOT_API_KEY. Off by default on localhost; when sharing publicly a
     key is required, and one is generated (and printed) if the variable is unset. The chat page
     then asks for user `medbot` with the key as password.
+
+    Per-client limits (failed keys and passwords) key on the client's address. Behind a reverse
+    proxy, or Gradio's share tunnel, every request arrives from the proxy's address; uvicorn's proxy
+    headers middleware then takes the client from X-Forwarded-For, but only from the peers listed
+    in `forwarded_allow_ips` (the loopback addresses by default: a proxy on this machine, or the
+    tunnel's local client). Name a proxy on another machine there; never "*" on a public port,
+    where any client could then claim any address.
     """
     import uvicorn
 
@@ -696,6 +704,7 @@ def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=5,
         limit_concurrency=server.limits.max_connections, http=header_timeout_protocol(server.limits.header_timeout_s),
+        proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips,
     )  # fmt: skip
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -744,6 +753,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=Limits.gen_timeout_s, help="generation timeout, seconds")
     ap.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
     ap.add_argument("--log-messages", action="store_true", help="log message text (off by default)")
+    ap.add_argument("--forwarded-allow-ips", default="127.0.0.1,::1",
+                    help="proxies whose X-Forwarded-For names the client (comma-separated addresses)")  # fmt: skip
     add_config_arguments(ap)  # e.g. --temperature 0.3 over the adapter's saved config
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -753,7 +764,7 @@ def main() -> None:
         queue_size=args.queue_size, gen_timeout_s=args.timeout, max_new_tokens=args.max_new_tokens
     )
     launch(model, tokenizer, cfg, share=args.share, host=args.host, port=args.port, limits=limits,
-           model_id=model_id, log_messages=args.log_messages)  # fmt: skip
+           model_id=model_id, log_messages=args.log_messages, forwarded_allow_ips=args.forwarded_allow_ips)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from medbot_model import (
     find_target_modules,
     load_base_model,
 )
-from medbot_train import build_trainer, read_metrics, save_adapter, train
+from medbot_train import SEAL, build_trainer, read_metrics, save_adapter, train
 from medbot_utils import Dialogue, tokenize_dialogues
 
 
@@ -183,6 +184,7 @@ def test_resume_skips_broken_checkpoints_and_shows_each_eval_once(tiny_cfg, toke
     cfg = tiny_cfg.replace(max_steps=6, eval_steps=3, save_total_limit=None)
     run(cfg)
     out = Path(cfg.output_dir)
+    assert all((out / f"checkpoint-{n}" / SEAL).is_file() for n in (3, 6))  # each save sealed last
     weights = out / "checkpoint-6" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # a save cut short
     (out / "checkpoint-9").mkdir()  # a kill right after the folder was made
@@ -190,7 +192,7 @@ def test_resume_skips_broken_checkpoints_and_shows_each_eval_once(tiny_cfg, toke
     said = capsys.readouterr().out
     assert (
         "checkpoint-9: no trainer_state.json" in said
-        and "checkpoint-6: adapter_model.safetensors does not read" in said
+        and "checkpoint-6: adapter_model.safetensors is" in said  # shorter than its seal says
     )
     assert (out / "checkpoint-9.broken").is_dir() and (out / "checkpoint-6.broken").is_dir()
     assert trainer.state.global_step == 9 and (out / "checkpoint-9" / "trainer_state.json").is_file()
@@ -198,6 +200,37 @@ def test_resume_skips_broken_checkpoints_and_shows_each_eval_once(tiny_cfg, toke
     evals = [r["step"] for r in rows if "eval_loss" in r]
     assert evals == sorted(set(evals)) and 0 in evals and 9 in evals  # each once, in step order
     assert "Resuming from" in said and "checkpoint-3" in said
+
+
+def test_an_unsealed_checkpoint_beside_sealed_ones_is_not_used(tmp_path, capsys):
+    """A kill after the Trainer wrote its files but before the seal: the files look whole, but the
+    save never finished, so the sealed checkpoint before it is used; folders from before seals
+    (none sealed) are still judged file by file."""
+    from safetensors.torch import save_file
+
+    from medbot_train import seal_checkpoint, usable_checkpoint
+
+    def checkpoint(step: int) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        save_file({"w": torch.ones(8)}, str(folder / "adapter_model.safetensors"))
+        return folder
+
+    old = checkpoint(3)
+    new = checkpoint(6)
+    assert usable_checkpoint(tmp_path) == str(new)  # no seals anywhere: verified, and whole
+    seal_checkpoint(old)
+    assert json.loads((old / SEAL).read_text())["files"]["adapter_model.safetensors"] > 0
+    assert not list(old.glob("*.tmp"))
+    assert usable_checkpoint(tmp_path) == str(old)
+    assert f"checkpoint-6: no {SEAL}" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint-6.broken").is_dir()  # moved aside, kept
+    (old / "extra.json").write_text("{}")  # a file the seal does not list is not a problem...
+    assert usable_checkpoint(tmp_path) == str(old)
+    (old / "trainer_state.json").write_text(json.dumps({"global_step": 3, "x": 1}))  # ...a changed one is
+    assert usable_checkpoint(tmp_path) is None
+    assert "trainer_state.json is" in capsys.readouterr().out
 
 
 def test_checkpoint_problems_name_the_file(tmp_path):

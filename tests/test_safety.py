@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, SHARED_DATA
 
+import medbot_safety
 import medbot_safety_report as safety_report
 import medbot_triage
 from medbot_chat import DISCLAIMER, respond
@@ -173,7 +174,8 @@ def test_higher_level_wins_between_rules_and_model(monkeypatch):
 def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch):
     """Below the model's same-day band a rule's words give urgent advice, not an alarm; at or above
     it, or where the model reads the message as urgent, the rule's emergency stands (the model need
-    not reach its own emergency threshold)."""
+    not reach its own emergency threshold). A short message is lowered only when the model is sure
+    (LOWER_SURE): a few words carry too little context to overrule the rule."""
 
     class Fixed:
         thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
@@ -185,7 +187,8 @@ def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch)
             level = medbot_triage.decide(np.array(list(self.p.values())), self.thresholds)
             return [medbot_triage.ModelVerdict(level, self.p, [("fam.x", "an example", 0.9)]) for _ in texts]
 
-    text = "My brother collapsed and is unresponsive."
+    text = "My brother collapsed at the gym and is unresponsive, what now?"
+    assert len(text.split()) >= medbot_safety.LOWER_MIN_WORDS
     monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.29))
     t = triage(text)
     assert t.level == "urgent" and t.advice == URGENT_ADVICE
@@ -196,6 +199,12 @@ def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch)
     assert triage(text).level == "emergency"
     assert triage(text, model=False).level == "emergency"  # the rules alone still escalate
     assert triage("collapsed, unresponsive").level == "emergency"  # too short for the model: rules decide
+    short = "My brother collapsed and is unresponsive."
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.29))  # p(routine) 0.71: not sure
+    assert triage(short).level == "emergency"
+    monkeypatch.setattr(medbot_triage, "load_model", lambda: Fixed(0.15))  # p(routine) 0.85: sure
+    assert 0.85 >= medbot_safety.LOWER_SURE
+    assert triage(short).level == "urgent"
 
 
 # ---------------------------------------------------------------- the learned model

@@ -847,3 +847,29 @@ def test_gradio_routes_that_skip_its_login_need_a_logged_in_session(make_client)
     assert client.get("/config").status_code == 200
     open_client = make_client()  # no password on localhost: nothing changes
     assert open_client.get("/gradio_api/app_id").status_code == 200
+
+
+def test_lockouts_key_on_the_forwarded_client_behind_a_trusted_proxy(tiny_chat, monkeypatch):
+    """Behind a proxy on this machine (or Gradio's share tunnel) every request comes from loopback:
+    the lockout must follow X-Forwarded-For, so one client's guesses do not lock out the others;
+    from a peer not in forwarded_allow_ips the header is ignored (no one can pick an address)."""
+    import httpx
+
+    from medbot_web import launch
+
+    monkeypatch.setenv("MEDBOT_API_KEY", "k3y")
+    url, _ = launch(*tiny_chat, port=_free_port(), block=False)
+    models = f"{url}/v1/models"
+    guesser = {"x-forwarded-for": "203.0.113.5", "authorization": "Bearer guess"}
+    codes = [httpx.get(models, headers=guesser).status_code for _ in range(11)]
+    assert codes[:10] == [401] * 10 and codes[10] == 429
+    assert httpx.get(models, headers={**guesser, "authorization": "Bearer k3y"}).status_code == 429
+    other = {"x-forwarded-for": "203.0.113.6", "authorization": "Bearer k3y"}
+    assert httpx.get(models, headers=other).status_code == 200  # another client behind the proxy
+    assert httpx.get(models, headers={"authorization": "Bearer k3y"}).status_code == 200  # the proxy itself
+
+    url, _ = launch(*tiny_chat, port=_free_port(), block=False, forwarded_allow_ips="192.0.2.1")
+    models = f"{url}/v1/models"  # loopback is not a trusted proxy here: the header is ignored
+    codes = [httpx.get(models, headers={**guesser, "x-forwarded-for": f"198.51.100.{i}"}).status_code
+             for i in range(11)]  # fmt: skip
+    assert codes[10] == 429  # a new claimed address each time did not escape the lockout
