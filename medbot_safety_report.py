@@ -5,12 +5,13 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_f.jsonl: messages written
-  independently (six writers, briefed apart; set b adds case-note, long-narrative, second-language
+- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_g.jsonl: messages written
+  independently (seven writers, briefed apart; set b adds case-note, long-narrative, second-language
   and dictated voices; sets c to f's writers chose their own styles and saw no list of ours; set d
   adds less common emergencies; set e is short, telegraphic messages, half of its routine ones
   medicine questions; set f, written before v2.6 was built, mixes all of these with hard
-  negatives), never used to train or tune;
+  negatives; set g, written before v2.7, from a brief that named no voices or groups), never used
+  to train or tune;
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated; for the forum questions, the held-out half against the level this project
@@ -58,6 +59,7 @@ def main() -> None:
         "safety_test/messages_d.jsonl",
         "safety_test/messages_e.jsonl",
         "safety_test/messages_f.jsonl",
+        "safety_test/messages_g.jsonl",
     ):
         path = ROOT / "data" / name
         if path.exists():
