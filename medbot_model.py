@@ -150,6 +150,14 @@ def load_base_model(cfg: MedbotConfig) -> Any:
     if cfg.load_in_4bit:
         n4, nlin = check_4bit(model, cfg.target_modules or find_target_modules(model))
         log.info("4-bit check passed: %d of %d linear layers are 4-bit", n4, nlin)
+        for module in model.modules():
+            # On a CPU with AVX-512 BF16, bitsandbytes repacks a 4-bit layer for its own kernels on
+            # the first no-grad forward in eval mode and rounds the block scales to bfloat16 for
+            # good: evaluation, training after it, chat and export would then read other weights
+            # than training did (seen: an export and a chat merge 3e-4 apart; a 2-process run's
+            # losses off the 1-process run's). Keep the layout training uses; GPUs never repack.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -323,3 +323,16 @@ def test_eval_loss_per_source_of_a_mix(tiny_cfg, tokenizer):
     assert by_source["b"]["perplexity"] == pytest.approx(math.exp(by_source["b"]["eval_loss"]))
     assert read_metrics(f"{cfg.logs_dir}/metrics.jsonl") == rows_before  # the loss curve file is untouched
     assert evaluate_sources(trainer, tagged(seen[:4], "a"), tokenizer, cfg) == {}
+
+
+def test_an_eval_forward_on_cpu_keeps_the_4bit_layout_training_uses(tiny_cfg, tokenizer):
+    """bitsandbytes would repack 4-bit layers for its AVX-512 CPU kernels on a no-grad eval forward,
+    rounding their block scales to bfloat16 for good; the loaded model keeps the layout (and the
+    weights) training reads, so evaluation, chat and export see the same model."""
+    model = load_base_model(tiny_cfg).eval()
+    ids = tokenizer("### Patient query: I feel dizzy.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        model(ids)
+    states = [m.weight.quant_state for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert states and not any(getattr(s, "packing_format_for_cpu", False) for s in states)
+    assert all(s.dtype == torch.float32 for s in states)  # the block scales' dtype, not bfloat16
