@@ -288,7 +288,8 @@ def test_json_array_loads_in_linear_time_with_record_lines(tmp_path):
         assert report.kept == n and rows[-1].where == f"{f}:{1 + 4 * (n - 1) + 1} (record {n - 1})"
         return seconds
 
-    small, big = min(load(15_000) for _ in range(2)), load(60_000)
+    # the best of two runs each: one run's pause (a collection, a busy core) is not a slope
+    small, big = min(load(15_000) for _ in range(2)), min(load(60_000) for _ in range(2))
     assert big / small < 8, f"{big / small:.1f}x the time for 4x the records"
 
 
