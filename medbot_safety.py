@@ -162,8 +162,7 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
             # A rule matches words; the model reads the whole message. Where a rule's words stand in
             # a message the model reads as plainly routine (below its same-day band and likelier
             # routine than urgent: "my dad had a stroke in 2015, is it hereditary?"), same-day care
-            # instead of an alarm. Out of fold on the generated messages this kept recall (0.874 ->
-            # 0.870) and cut false alarms 11% -> 5%. A message the model reads as urgent keeps the
+            # instead of an alarm (out of fold: see LOWER_MIN_WORDS). A message read as urgent keeps the
             # rule's alarm ("our newborn feels hot and has a temperature": p(urgent) 0.51), and so
             # does a short message the model is not sure of ("my waters broke at 28 weeks": p 0.69).
             sure = len(messages[i].split()) >= LOWER_MIN_WORDS or verdict.probs["routine"] >= LOWER_SURE

@@ -667,10 +667,13 @@ def load_model(adapter: str | None) -> tuple[Any, Any, MedbotConfig, str]:
     return load_base_model(cfg).eval(), load_tokenizer(cfg), cfg, "smollm2-135m-instruct"
 
 
+TRUSTED_PROXIES = "127.0.0.1,::1"  # peers whose X-Forwarded-For names the client (see launch)
+
+
 def launch(model: Any, tokenizer: Any, cfg: MedbotConfig, *, share: bool = False, host: str = "127.0.0.1",
            port: int = 7860, limits: Limits | None = None, model_id: str = "medbot",
            log_messages: bool = False, block: bool = True,
-           forwarded_allow_ips: str = "127.0.0.1,::1") -> tuple[str, str | None]:  # fmt: skip
+           forwarded_allow_ips: str = TRUSTED_PROXIES) -> tuple[str, str | None]:  # fmt: skip
     """Serve the chat page and the API; returns (local URL, public URL or None).
 
     The API key comes from $MEDBOT_API_KEY. Off by default on localhost; when sharing publicly a
@@ -753,7 +756,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=Limits.gen_timeout_s, help="generation timeout, seconds")
     ap.add_argument("--max-new-tokens", type=int, default=Limits.max_new_tokens)
     ap.add_argument("--log-messages", action="store_true", help="log message text (off by default)")
-    ap.add_argument("--forwarded-allow-ips", default="127.0.0.1,::1",
+    ap.add_argument("--forwarded-allow-ips", default=TRUSTED_PROXIES,
                     help="proxies whose X-Forwarded-For names the client (comma-separated addresses)")  # fmt: skip
     add_config_arguments(ap)  # e.g. --temperature 0.3 over the adapter's saved config
     args = ap.parse_args()
