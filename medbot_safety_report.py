@@ -5,13 +5,16 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_g.jsonl: messages written
-  independently (seven writers, briefed apart; set b adds case-note, long-narrative, second-language
+- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_j.jsonl: messages written
+  independently (ten writers, briefed apart; set b adds case-note, long-narrative, second-language
   and dictated voices; sets c to f's writers chose their own styles and saw no list of ours; set d
   adds less common emergencies; set e is short, telegraphic messages, half of its routine ones
   medicine questions; set f, written before v2.6 was built, mixes all of these with hard
-  negatives; set g, written before v2.7, from a brief that named no voices or groups), never used
-  to train or tune;
+  negatives; set g, written before v2.7, from a brief that named no voices or groups; set h,
+  written before v2.8, messages as typed into a health chatbot on a phone; sets i and j, written
+  before v2.8 from one brief by two writers, crises beside people who talk of low mood, grief or
+  suicide without current risk), never used to train (set i's first contact set the direction
+  of v2.8's new families; no threshold was picked on any of them);
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
   question is escalated; for the forum questions, the held-out half against the level this project
@@ -60,6 +63,9 @@ def main() -> None:
         "safety_test/messages_e.jsonl",
         "safety_test/messages_f.jsonl",
         "safety_test/messages_g.jsonl",
+        "safety_test/messages_h.jsonl",
+        "safety_test/messages_i.jsonl",
+        "safety_test/messages_j.jsonl",
     ):
         path = ROOT / "data" / name
         if path.exists():
@@ -117,6 +123,11 @@ def level_table(rows: list[dict], levels: list[str]) -> dict:
             "false_alarm": share(lambda i: gold[i] not in ESCALATED, lambda i: esc[i])
         },
         "routine escalated": {"false_alarm": share(lambda i: gold[i] == "routine", lambda i: esc[i])},
+        # the crisis line shown to someone not at risk (writers I and J: talk of low mood, grief or
+        # suicide without current risk)
+        "not crisis -> crisis line": {
+            "false_alarm": share(lambda i: gold[i] != "crisis", lambda i: levels[i] == "crisis")
+        },
     }
     # per voice where a writer used a voice at least VOICE_MIN times (writer C named 75 styles)
     counts = Counter(r.get("voice", "") for r in rows)
