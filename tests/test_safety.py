@@ -362,6 +362,11 @@ def test_level_table_counts():
     assert table["emergency or crisis -> escalated"]["recall"] == (2, 2)
     assert table["crisis -> crisis line"]["recall"] == (0, 1)
     assert table["routine or urgent escalated"]["false_alarm"] == (0, 3)
+    assert table["not crisis -> crisis line"]["false_alarm"] == (0, 4)
+    # the crisis line shown to an emergency and to a routine message: two false crisis lines of four
+    crisis_table = level_table(rows, ["crisis", "crisis", "routine", "crisis", "routine"])
+    assert crisis_table["not crisis -> crisis line"]["false_alarm"] == (2, 4)
+    assert crisis_table["crisis -> crisis line"]["recall"] == (1, 1)
     assert macro_f1(["urgent", "routine", "routine"], ["urgent", "routine", "urgent"]) == pytest.approx(
         (2 / 3 + 2 / 3) / 2
     )
