@@ -123,8 +123,8 @@ def level_table(rows: list[dict], levels: list[str]) -> dict:
             "false_alarm": share(lambda i: gold[i] not in ESCALATED, lambda i: esc[i])
         },
         "routine escalated": {"false_alarm": share(lambda i: gold[i] == "routine", lambda i: esc[i])},
-        # the crisis line shown to someone not at risk (writers I and J: talk of low mood, grief or
-        # suicide without current risk)
+        # the crisis line shown to a message that is not a crisis (writers I and J: mostly talk of low
+        # mood, grief or suicide without current risk; an emergency shown it counts too)
         "not crisis -> crisis line": {
             "false_alarm": share(lambda i: gold[i] != "crisis", lambda i: levels[i] == "crisis")
         },
