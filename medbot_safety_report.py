@@ -5,20 +5,23 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_j.jsonl: messages written
-  independently (ten writers, briefed apart; set b adds case-note, long-narrative, second-language
+- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_m.jsonl: messages written
+  independently (thirteen writers, briefed apart; set b adds case-note, long-narrative, second-language
   and dictated voices; sets c to f's writers chose their own styles and saw no list of ours; set d
   adds less common emergencies; set e is short, telegraphic messages, half of its routine ones
   medicine questions; set f, written before v2.6 was built, mixes all of these with hard
   negatives; set g, written before v2.7, from a brief that named no voices or groups; set h,
   written before v2.8, messages as typed into a health chatbot on a phone; sets i and j, written
   before v2.8 from one brief by two writers, crises beside people who talk of low mood, grief or
-  suicide without current risk), never used to train (set i's first contact set the direction
-  of v2.8's new families; no threshold was picked on any of them);
+  suicide without current risk; set k, written before v2.9, entries typed into a symptom checker;
+  sets l and m, written before v2.9 from one brief by two writers, questions that name a danger:
+  about it, or from someone in it now), never used to train (the first contacts of sets i and l
+  set the direction of v2.8's and v2.9's new families; no threshold was picked on any of them);
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
-- real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl): how often an ordinary
-  question is escalated; for the forum questions, the held-out half against the level this project
-  read in each (data/triage_forum_labels.jsonl).
+- real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl, covid-dialogue.jsonl
+  and the evaluation set liveqa-test.jsonl, none trained on): how often an ordinary question is
+  escalated or sent to the crisis line; for the forum questions, the held-out half against the
+  level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
 Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3 and _dev4
 (development; dev4 tuned on in v2.5), data/safety_answers.jsonl.
@@ -55,28 +58,17 @@ def main() -> None:
 
     test = [{"text": m.text, "level": m.level, "voice": m.voice} for m in generate() if m.split == "test"]
     print_levels("Triage, generated test split (template families never trained on)", test)
-    for name in (
-        "safety_test/messages.jsonl",
-        "safety_test/messages_b.jsonl",
-        "safety_test/messages_c.jsonl",
-        "safety_test/messages_d.jsonl",
-        "safety_test/messages_e.jsonl",
-        "safety_test/messages_f.jsonl",
-        "safety_test/messages_g.jsonl",
-        "safety_test/messages_h.jsonl",
-        "safety_test/messages_i.jsonl",
-        "safety_test/messages_j.jsonl",
-    ):
-        path = ROOT / "data" / name
-        if path.exists():
-            print_levels(
-                f"Triage, independently written messages ({name}, never trained or tuned on)", read(path)
-            )
+    for path in sorted((ROOT / "data" / "safety_test").glob("messages*.jsonl")):
+        name = f"safety_test/{path.name}"
+        print_levels(
+            f"Triage, independently written messages ({name}, never trained or tuned on)", read(path)
+        )
     for name in ("safety_messages.jsonl", "safety_messages_holdout.jsonl"):
         print_table(
             f"Rules' development set {name} (recall per category)", category_table(read(ROOT / "data" / name))
         )
-    for name in ("health-forums.jsonl", "medquad.jsonl"):
+    # covid-dialogue: real patients' first messages; LiveQA: real consumer questions, an evaluation set
+    for name in ("health-forums.jsonl", "medquad.jsonl", "covid-dialogue.jsonl", "liveqa-test.jsonl"):
         if (SHARED / name).exists():
             real_questions(SHARED / name, args.show)
     language_report()
@@ -193,9 +185,9 @@ def real_questions(path: Path, show: int) -> None:
         return
     verdicts = triage_many(questions)
     hits = [(q, v) for q, v in zip(questions, verdicts) if v.emergency]
-    urgent = sum(v.urgent for v in verdicts)
-    print(f"\nReal questions ({path.name}, {len(questions)} distinct): escalated {rate(len(hits), len(questions))}; "
-          f"urgent {rate(urgent, len(questions))}")  # fmt: skip
+    urgent, crisis = sum(v.urgent for v in verdicts), sum(v.crisis for v in verdicts)
+    print(f"\nReal questions ({path.name}, {len(questions)} distinct): escalated {rate(len(hits), len(questions))} "
+          f"(crisis line {rate(crisis, len(questions))}); urgent {rate(urgent, len(questions))}")  # fmt: skip
     for q, v in hits[:show]:
         print(f"  - {[f.code for f in v.flags]}: {q[:160]!r}")
 

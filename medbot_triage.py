@@ -20,7 +20,9 @@ within the 5-minute build; on 14k messages (v2.3) layers 2+4+6 mean-pooled 0.81,
 max-pooled 0.84; on the same messages (v2.4) layers 2+3+4 0.84 and 1+2+3+4 0.86 - the top two
 layers add nothing the head can use and cost a third of the time of every message. It is trained
 on messages generated here from the template files in `data/triage/` (written for this project:
-every red-flag group in many voices, with hard negatives), never on real patient text. Families of
+every red-flag group in many voices, with hard negatives), never on real patient text; beside them
+WikiDoc's information questions as routine and GenMedGPT-5k's synthetic patients' messages, which
+teach only that they are not a crisis (a partial label: see not_crisis_examples). Families of
 templates, not rows, are split into train / validation / test, so test messages share no template
 (and no wrapper) with training ones; thresholds are picked on out-of-fold scores of the other
 families (folds grouped by family), never on the test split.
@@ -75,12 +77,15 @@ CRISIS_FALSE_ALARMS = 0.03
 FOLDS = 2  # family-grouped folds for out-of-fold scores
 WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.jsonl"
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)
+GENMEDGPT = ROOT.parent / "shared" / "data" / "dialogue" / "genmedgpt5k.jsonl"
+NOT_CRISIS_EXAMPLES = 1500  # synthetic patients' messages labelled "not a crisis" only
+NOT_CRISIS = len(LEVELS)  # the label index of those partial labels: any level but crisis
 LAYERS = (1, 2, 3, 4)  # MiniLM layers the head reads, mean- and max-pooled (Embedder.features)
 HIDDEN = 256  # the head's hidden width
 EPOCHS = 20  # 24 before v2.4: 20 matched it out of fold on 21% more messages, 15 s faster
 LEARNING_RATE = 1e-3  # peak of a one-cycle schedule
 LABEL_SMOOTHING = 0.1
-EVIDENCE_CHARS = 120  # of each family's example kept for evidence (verdicts show 80)
+EVIDENCE_CHARS = 80  # of each family's example kept for evidence: what a verdict shows
 EVIDENCE_DIMS = 96  # directions of the embedding space the family prototypes are kept in
 
 
@@ -279,10 +284,11 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     """
     started = time.perf_counter()
     messages = generate(folder, seed)
-    dev = [m for m in messages if m.split != "test"] + real_negatives(seed)
+    dev = [m for m in messages if m.split != "test"] + real_negatives(seed) + not_crisis_examples(seed)
     emb, feats = embedder().features([m.text for m in dev])
     print(f"embedded {len(dev)} messages in {time.perf_counter() - started:.0f} s", flush=True)
-    y = np.array([LEVELS.index(m.level) for m in dev])
+    y = np.array([LEVELS.index(m.level) if m.level in LEVELS else NOT_CRISIS for m in dev])
+    known = y != NOT_CRISIS  # thresholds and metrics need a level; partial labels only train
     # a reframed message shares its words with its source family: both go to the same fold
     fold = np.array([int(hashlib.sha256(f"{seed}:{m.family.removesuffix('.reframed')}".encode()).hexdigest(), 16)
                      % FOLDS for m in dev])  # fmt: skip
@@ -292,7 +298,7 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     for k, fold_head in enumerate(fold_heads):
         oof[fold == k] = _head_probs(fold_head, feats[fold == k])
     np.save(ROOT / "logs" / "triage_oof.npy", np.c_[oof, y]) if (ROOT / "logs").is_dir() else None
-    thresholds = pick_thresholds(oof, y)
+    thresholds = pick_thresholds(oof[known], y[known])
     # evidence: one prototype per written family (no outside text saved; a reframed family's example
     # is its source's words in a frame), in the embeddings' EVIDENCE_DIMS main directions, which keep
     # the artifact under 1 MB (the nearest family by full cosine is among these two nearest for 96%
@@ -306,9 +312,12 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     centres = torch.nn.functional.normalize(torch.from_numpy(np.stack([emb[rows_of[f]].mean(0) for f in families])
                                                              @ basis), dim=-1).numpy()  # fmt: skip
     texts = [dev[rows_of[f][0]].text[:EVIDENCE_CHARS] for f in families]
-    pred = [decide(p, thresholds) for p in oof]
+    pred = [decide(p, thresholds) for p in oof[known]]
+    false_crisis = [decide(p, thresholds) == "crisis" for p in oof[~known]]
     info = {"messages": {s: sum(m.split == s for m in messages) for s in ("train", "val", "test")},
-            "families": len({m.family for m in messages}), "out_of_fold": level_metrics(pred, [m.level for m in dev]),
+            "families": len({m.family for m in messages}),
+            "out_of_fold": level_metrics(pred, [m.level for m, k in zip(dev, known) if k])
+            | {"not_crisis_to_crisis": [sum(false_crisis), len(false_crisis)]},
             "seed": seed}  # fmt: skip
     model = TriageModel(head, thresholds, centres, families, texts, fingerprint(folder), info, basis)
     model.save(out)
@@ -343,7 +352,7 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS
     net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
                               torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, len(LEVELS)))  # fmt: skip
     xt, yt = torch.from_numpy((x - mu) / sd).float(), torch.from_numpy(y).long()
-    counts = torch.bincount(yt, minlength=len(LEVELS)).float()
+    counts = torch.bincount(yt[yt != NOT_CRISIS], minlength=len(LEVELS)).float()
     class_weight = counts.sum() / (len(LEVELS) * counts.clamp(min=1))
     opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-2)
     steps = epochs * ((len(xt) + 127) // 128)
@@ -353,10 +362,7 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS
         order = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), 128):
             idx = order[i : i + 128]
-            # label smoothing keeps the head from certainty on short, vague messages it never saw
-            loss = torch.nn.functional.cross_entropy(
-                net(xt[idx]), yt[idx], weight=class_weight, label_smoothing=LABEL_SMOOTHING
-            )
+            loss = _loss(net(xt[idx]), yt[idx], class_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -365,6 +371,22 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS
     return {"mu": mu.astype(np.float32), "sd": sd.astype(np.float32),
             "w1": w1.weight.detach().numpy(), "b1": w1.bias.detach().numpy(),
             "w2": w2.weight.detach().numpy(), "b2": w2.bias.detach().numpy()}  # fmt: skip
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced cross-entropy on labelled rows; -log(1 - p(crisis)) on rows labelled only
+    NOT_CRISIS, weighted by their share of the batch."""
+    known = labels != NOT_CRISIS
+    loss = logits.sum() * 0
+    if known.any():  # label smoothing keeps the head from certainty on short, vague messages it never saw
+        loss = loss + torch.nn.functional.cross_entropy(
+            logits[known], labels[known], weight=class_weight, label_smoothing=LABEL_SMOOTHING
+        )
+    if not known.all():
+        partial = logits[~known]
+        not_crisis = torch.logsumexp(partial, -1) - torch.logsumexp(partial[:, : LEVELS.index("crisis")], -1)
+        loss = loss + (~known).float().mean() * not_crisis.mean()
+    return loss
 
 
 def _head_probs(head: dict[str, np.ndarray], feats: np.ndarray) -> np.ndarray:
@@ -480,6 +502,31 @@ def real_negatives(seed: int = 0, n: int = REAL_NEGATIVES) -> list[Message]:
             for i, q in enumerate(picked)]  # fmt: skip
 
 
+def not_crisis_examples(seed: int = 0, n: int = NOT_CRISIS_EXAMPLES) -> list[Message]:
+    """Synthetic patients' messages from GenMedGPT-5k (../shared/data), labelled only "not a crisis".
+
+    Real people write "I can't sleep", "I've been so angry lately", "I drink too much" without any
+    risk to themselves, and the head, trained on written templates, sent such messages to the crisis
+    line. These messages (generated from a disease list, not patient text) have no level we trust, so
+    they train only -log(1 - p(crisis)), and never pick a threshold. Any that the rules read as a
+    crisis or that speak of suicide, self-harm, overdose or poisoning are left out.
+    """
+    from medbot_safety import _triage_rules  # the rule tables; medbot_safety imports this module lazily
+
+    if not GENMEDGPT.exists():
+        raise FileNotFoundError(f"{GENMEDGPT}: the build reads these messages as not-crisis examples; put the "
+                                "project's shared/ folder beside the repository")  # fmt: skip
+    risky = re.compile(r"suicid|kill|die\b|dying|death|self.?harm|cutting|overdos|poison|hopeless|end (it|my)",
+                       re.I)  # fmt: skip
+    messages = sorted(
+        {json.loads(line)["input"] for line in GENMEDGPT.read_text(encoding="utf-8").splitlines()}
+    )
+    messages = [m for m in messages if not risky.search(m) and not _triage_rules(m).crisis]
+    picked = random.Random(seed).sample(messages, min(n, len(messages)))
+    return [Message(m, "not_crisis", "real.not_crisis", f"real.genmedgpt.{i % 10}", "first", "train")
+            for i, m in enumerate(picked)]  # fmt: skip
+
+
 def load_families(folder: Path = TEMPLATES) -> list[tuple[dict, dict]]:
     """(file contents, family) for every family of every template file, validated."""
     out, ids = [], {}
@@ -571,14 +618,15 @@ def _typos(text: str, rng: random.Random) -> str:
 
 
 def fingerprint(folder: Path = TEMPLATES) -> str:
-    """Hash of what the model was built from: template files, wrappers, WikiDoc questions, settings."""
+    """Hash of what the model was built from: template files, wrappers, the shared files it reads, settings."""
     settings = (GENERATOR_VERSION, FOLDS, LAYERS, HIDDEN, EVIDENCE_DIMS, LEARNING_RATE, REAL_NEGATIVES, ROUTINE_FALSE_ALARMS,
-                ROUTINE_WATCH, CRISIS_FALSE_ALARMS, EPOCHS, LABEL_SMOOTHING)  # fmt: skip
+                ROUTINE_WATCH, CRISIS_FALSE_ALARMS, EPOCHS, LABEL_SMOOTHING, NOT_CRISIS_EXAMPLES)  # fmt: skip
     h = hashlib.sha256(f"settings {settings}".encode())
     for path in sorted(folder.glob("*.json")):
         h.update(path.name.encode() + path.read_bytes())
-    if WIKIDOC.exists():
-        h.update(WIKIDOC.read_bytes())
+    for path in (WIKIDOC, GENMEDGPT):
+        if path.exists():
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -103,6 +103,25 @@ def test_mixed_case():
     assert "emergency.infant_fever" in codes("My Baby Is 3 Weeks Old And Has A Fever")
 
 
+def test_a_count_of_tablets_swallowed_is_an_overdose_but_a_count_of_time_or_units_is_not():
+    for text in ("took 16 co-codamol over the day, feel fine", "50 paracetamol 2h ago",
+                 "my son swallowed 12 of his nan's tablets", "Took 65 5mg of nitrazepam about 25 hours ago"):  # fmt: skip
+        assert "emergency.poisoning_overdose" in codes(text), text
+    for text in ("took 10 days off work with flu", "took 30 paracetamol 2 years ago and I'm fine now",
+                 "20 male, very fit, a month ago my stools went thin", "I take 2 paracetamol 4 times a day"):  # fmt: skip
+        assert not triage(text, model=False).emergency, text
+
+
+def test_a_definition_or_exam_question_is_not_a_report():
+    for text in ("thunderclap headache definition", "sepsis six bundle list for exam",
+                 "silent heart attack meaning", "what does a paracetamol overdose do to the liver"):  # fmt: skip
+        assert not triage(text, model=False).emergency, text
+    # the cue covers its own clause only: a report beside it still counts
+    assert "emergency.cardiac" in codes(
+        "I have crushing chest pain right now. Is it a heart attack? for my exam I need to know"
+    )
+
+
 def test_long_message_with_buried_emergency():
     filler = "I have been reading about diets and sleep and exercise for a long time. " * 60
     assert "emergency.anaphylaxis" in codes(
@@ -301,6 +320,30 @@ def test_template_errors_name_the_file_family_and_field(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(medbot_triage.TemplateError, match=r"template 0: slot \{thing\} is not defined"):
         medbot_triage.load_families(tmp_path)
+
+
+def test_partial_not_crisis_labels_lower_only_the_crisis_score():
+    # crisis where x0 > 0, else a level by x2; a look-alike group (x0 > 0, x1 > 1) is labelled only
+    # "not a crisis": it should score lower on crisis than when it is left out, and nothing else move
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 8)).astype(np.float32)
+    y = np.where(x[:, 0] > 0, 3, np.digitize(x[:, 2], [-0.5, 0.5]))  # LEVELS: 0 routine ... 3 crisis
+    look = (x[:, 0] > 0) & (x[:, 1] > 1)
+    with_partial = medbot_triage._head_probs(
+        medbot_triage.train_head(x, np.where(look, medbot_triage.NOT_CRISIS, y), epochs=30), x
+    )
+    without = medbot_triage._head_probs(medbot_triage.train_head(x[~look], y[~look], epochs=30), x)
+    assert with_partial[look, 3].mean() < without[look, 3].mean() - 0.08
+    assert with_partial[(x[:, 0] > 0.5) & (x[:, 1] < 0), 3].mean() > 0.6  # crises keep their score
+    assert (with_partial[y < 3].argmax(1) == y[y < 3]).mean() > 0.8  # and the other levels are learned
+
+
+@pytest.mark.skipif(not medbot_triage.GENMEDGPT.exists(), reason="reads ../shared/data")
+def test_not_crisis_examples_leave_out_any_talk_of_self_harm():
+    rows = medbot_triage.not_crisis_examples()
+    assert len(rows) == medbot_triage.NOT_CRISIS_EXAMPLES and {m.level for m in rows} == {"not_crisis"}
+    assert not [m.text for m in rows if re.search(r"suicid|self.?harm|overdos|kill", m.text, re.I)]
+    assert not [m.text for m in rows if triage(m.text, model=False).crisis]
 
 
 @pytest.mark.slow
