@@ -192,7 +192,9 @@ def _triage_rules(message: str) -> Triage:
         return result
     clauses = _clauses(normalize(message))
     for category, groups in EMERGENCIES.items():
-        evidence = _match_category(groups, clauses)
+        # a question about a condition is not a report of it, except where a crisis is named: a person
+        # at risk may ask about it in the same breath ("for the exam... I just want to end it all")
+        evidence = _match_category(groups, clauses, info_cues=RULE_LEVEL[category] != "crisis")
         if evidence:
             result.flags.append(Flag(f"emergency.{category}", evidence))
             _raise_level(result, RULE_LEVEL[category])
@@ -207,12 +209,13 @@ def _raise_level(result: Triage, level: str) -> None:
     result.urgent = level == "urgent"
 
 
-def _match_category(groups: list[list[str]], clauses: list[str]) -> str | None:
-    """Every group must match somewhere in one clause window (a clause and its neighbours)."""
+def _match_category(groups: list[list[str]], clauses: list[str], info_cues: bool = True) -> str | None:
+    """Every group must match somewhere in one clause window (a clause and its neighbours); with
+    info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")."""
     for i in range(len(clauses)):
         window = " ".join(clauses[max(0, i - 1) : i + 2])
         first = _live_match(groups[0], clauses[i])
-        if not first or re.search(INFO_CUES, clauses[i]):
+        if not first or (info_cues and re.search(INFO_CUES, clauses[i])):
             continue
         rest = [_live_match(g, window) for g in groups[1:]]
         if all(rest):

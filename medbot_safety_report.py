@@ -19,7 +19,7 @@ Triage (rules + learned model, and each alone) on:
   set the direction of v2.8's and v2.9's new families; no threshold was picked on any of them);
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
 - real questions (../shared/data/dialogue health-forums.jsonl, medquad.jsonl, covid-dialogue.jsonl
-  and the evaluation set liveqa-test.jsonl, none trained on): how often an ordinary question is
+  and the evaluation set liveqa-test.jsonl, none trained on by the triage model): how often a question is
   escalated or sent to the crisis line; for the forum questions, the held-out half against the
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
@@ -188,7 +188,8 @@ def real_questions(path: Path, show: int) -> None:
     urgent, crisis = sum(v.urgent for v in verdicts), sum(v.crisis for v in verdicts)
     print(f"\nReal questions ({path.name}, {len(questions)} distinct): escalated {rate(len(hits), len(questions))} "
           f"(crisis line {rate(crisis, len(questions))}); urgent {rate(urgent, len(questions))}")  # fmt: skip
-    for q, v in hits[:show]:
+    shown = 0 if path.name == "liveqa-test.jsonl" else show  # an evaluation set: counted, never read
+    for q, v in hits[:shown]:
         print(f"  - {[f.code for f in v.flags]}: {q[:160]!r}")
 
 

@@ -287,7 +287,7 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     dev = [m for m in messages if m.split != "test"] + real_negatives(seed) + not_crisis_examples(seed)
     emb, feats = embedder().features([m.text for m in dev])
     print(f"embedded {len(dev)} messages in {time.perf_counter() - started:.0f} s", flush=True)
-    y = np.array([LEVELS.index(m.level) if m.level in LEVELS else NOT_CRISIS for m in dev])
+    y = np.array([NOT_CRISIS if m.level == "not_crisis" else LEVELS.index(m.level) for m in dev])
     known = y != NOT_CRISIS  # thresholds and metrics need a level; partial labels only train
     # a reframed message shares its words with its source family: both go to the same fold
     fold = np.array([int(hashlib.sha256(f"{seed}:{m.family.removesuffix('.reframed')}".encode()).hexdigest(), 16)
@@ -297,6 +297,7 @@ def build(out: Path = ARTIFACT, folder: Path = TEMPLATES, seed: int = 0) -> dict
     oof = np.zeros((len(dev), len(LEVELS)))
     for k, fold_head in enumerate(fold_heads):
         oof[fold == k] = _head_probs(fold_head, feats[fold == k])
+    # for studies of the thresholds; the last column is the label (NOT_CRISIS for the partial labels)
     np.save(ROOT / "logs" / "triage_oof.npy", np.c_[oof, y]) if (ROOT / "logs").is_dir() else None
     thresholds = pick_thresholds(oof[known], y[known])
     # evidence: one prototype per written family (no outside text saved; a reframed family's example
@@ -345,8 +346,8 @@ def train_heads(
 
 
 def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS) -> dict[str, np.ndarray]:
-    """A one-hidden-layer MLP on standardised features, class-balanced cross-entropy, AdamW with a
-    one-cycle schedule; deterministic for a seed."""
+    """A one-hidden-layer MLP on standardised features, AdamW with a one-cycle schedule, the loss of
+    `_loss` (class-balanced cross-entropy; -log(1 - p(crisis)) for NOT_CRISIS rows); deterministic for a seed."""
     torch.manual_seed(seed)
     mu, sd = x.mean(0), x.std(0).clip(1e-4)
     net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
@@ -377,14 +378,15 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor
     """Class-balanced cross-entropy on labelled rows; -log(1 - p(crisis)) on rows labelled only
     NOT_CRISIS, weighted by their share of the batch."""
     known = labels != NOT_CRISIS
-    loss = logits.sum() * 0
+    loss = torch.zeros(())
     if known.any():  # label smoothing keeps the head from certainty on short, vague messages it never saw
         loss = loss + torch.nn.functional.cross_entropy(
             logits[known], labels[known], weight=class_weight, label_smoothing=LABEL_SMOOTHING
         )
     if not known.all():
         partial = logits[~known]
-        not_crisis = torch.logsumexp(partial, -1) - torch.logsumexp(partial[:, : LEVELS.index("crisis")], -1)
+        others = torch.tensor([level != "crisis" for level in LEVELS])
+        not_crisis = torch.logsumexp(partial, -1) - torch.logsumexp(partial[:, others], -1)
         loss = loss + (~known).float().mean() * not_crisis.mean()
     return loss
 
@@ -508,21 +510,19 @@ def not_crisis_examples(seed: int = 0, n: int = NOT_CRISIS_EXAMPLES) -> list[Mes
     Real people write "I can't sleep", "I've been so angry lately", "I drink too much" without any
     risk to themselves, and the head, trained on written templates, sent such messages to the crisis
     line. These messages (generated from a disease list, not patient text) have no level we trust, so
-    they train only -log(1 - p(crisis)), and never pick a threshold. Any that the rules read as a
-    crisis or that speak of suicide, self-harm, overdose or poisoning are left out.
+    they train only -log(1 - p(crisis)), and never pick a threshold. Any with words of suicide,
+    self-harm, hopelessness, overdose or poisoning (which may be deliberate) are left out. The pick
+    is a ranking by a hash of each message, so a change to the file moves only the messages it touches.
     """
-    from medbot_safety import _triage_rules  # the rule tables; medbot_safety imports this module lazily
-
     if not GENMEDGPT.exists():
         raise FileNotFoundError(f"{GENMEDGPT}: the build reads these messages as not-crisis examples; put the "
                                 "project's shared/ folder beside the repository")  # fmt: skip
-    risky = re.compile(r"suicid|kill|die\b|dying|death|self.?harm|cutting|overdos|poison|hopeless|end (it|my)",
-                       re.I)  # fmt: skip
-    messages = sorted(
-        {json.loads(line)["input"] for line in GENMEDGPT.read_text(encoding="utf-8").splitlines()}
-    )
-    messages = [m for m in messages if not risky.search(m) and not _triage_rules(m).crisis]
-    picked = random.Random(seed).sample(messages, min(n, len(messages)))
+    risky = re.compile(r"suicid|\bkill|\bdie\b|dying|death|dead\b|self.?harm|(hurt|harm)(ing)? (my|him|her|them)sel"
+                       r"|cutting|overdos|poison|hopeless|worthless|no point|not worth|end (it|my)|want to (live|be here)"
+                       r"|too (many|much)|by (mistake|accident)", re.I)  # fmt: skip
+    messages = {json.loads(line)["input"] for line in GENMEDGPT.read_text(encoding="utf-8").splitlines()}
+    ranked = sorted(messages, key=lambda m: hashlib.sha256(f"{seed}:{m}".encode()).hexdigest())
+    picked = [m for m in ranked if not risky.search(m)][:n]
     return [Message(m, "not_crisis", "real.not_crisis", f"real.genmedgpt.{i % 10}", "first", "train")
             for i, m in enumerate(picked)]  # fmt: skip
 
@@ -620,7 +620,7 @@ def _typos(text: str, rng: random.Random) -> str:
 def fingerprint(folder: Path = TEMPLATES) -> str:
     """Hash of what the model was built from: template files, wrappers, the shared files it reads, settings."""
     settings = (GENERATOR_VERSION, FOLDS, LAYERS, HIDDEN, EVIDENCE_DIMS, LEARNING_RATE, REAL_NEGATIVES, ROUTINE_FALSE_ALARMS,
-                ROUTINE_WATCH, CRISIS_FALSE_ALARMS, EPOCHS, LABEL_SMOOTHING, NOT_CRISIS_EXAMPLES)  # fmt: skip
+                ROUTINE_WATCH, CRISIS_FALSE_ALARMS, EPOCHS, LABEL_SMOOTHING, NOT_CRISIS_EXAMPLES, EVIDENCE_CHARS)  # fmt: skip
     h = hashlib.sha256(f"settings {settings}".encode())
     for path in sorted(folder.glob("*.json")):
         h.update(path.name.encode() + path.read_bytes())

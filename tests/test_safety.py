@@ -104,22 +104,44 @@ def test_mixed_case():
 
 
 def test_a_count_of_tablets_swallowed_is_an_overdose_but_a_count_of_time_or_units_is_not():
-    for text in ("took 16 co-codamol over the day, feel fine", "50 paracetamol 2h ago",
-                 "my son swallowed 12 of his nan's tablets", "Took 65 5mg of nitrazepam about 25 hours ago"):  # fmt: skip
+    for text in (
+        "took 16 co-codamol over the day, feel fine",
+        "50 paracetamol 2h ago",
+        "took 20 or 30 of my pills",
+        "I'm 17 years old and I took 30 paracetamol an hour ago",  # "17 years" is not a past event
+        "I've taken 30 paracetamol, what does that do to the liver",
+    ):
         assert "emergency.poisoning_overdose" in codes(text), text
-    for text in ("took 10 days off work with flu", "took 30 paracetamol 2 years ago and I'm fine now",
-                 "20 male, very fit, a month ago my stools went thin", "I take 2 paracetamol 4 times a day"):  # fmt: skip
+    for text in (
+        "took 10 days off work with flu",
+        "took 30 paracetamol years ago as a teenager",
+        "I took 800 ibuprofen for my headache",  # a strength, not a count
+        "the nurse took 12 vials of blood",
+        "39 fever since last night",
+        "12 loose stools since this morning",
+        "My son went to bed at 7.30 with a temperature and was sick earlier",
+    ):
         assert not triage(text, model=False).emergency, text
 
 
-def test_a_definition_or_exam_question_is_not_a_report():
-    for text in ("thunderclap headache definition", "sepsis six bundle list for exam",
-                 "silent heart attack meaning", "what does a paracetamol overdose do to the liver"):  # fmt: skip
+def test_a_definition_or_exam_question_is_not_a_report_but_a_crisis_always_is():
+    for text in (
+        "thunderclap headache definition",
+        "sepsis six bundle list for exam",
+        "silent heart attack meaning",
+    ):
         assert not triage(text, model=False).emergency, text
-    # the cue covers its own clause only: a report beside it still counts
-    assert "emergency.cardiac" in codes(
-        "I have crushing chest pain right now. Is it a heart attack? for my exam I need to know"
-    )
+    for text, code in (
+        (
+            "I have crushing chest pain right now. Is it a heart attack? for my exam I need to know",
+            "emergency.cardiac",
+        ),
+        ("I revised for the exam for months and failed, I just want to end it all", "emergency.self_harm"),
+        ("My life has no meaning anymore and I want to end it all", "emergency.self_harm"),
+        ("I'm bleeding heavily at 30 weeks pregnant, waiting for the test results", "emergency.bleeding"),
+        ("What is happening, I mean my face has dropped on one side", "emergency.stroke"),
+    ):
+        assert code in codes(text), text
 
 
 def test_long_message_with_buried_emergency():
@@ -322,6 +344,18 @@ def test_template_errors_name_the_file_family_and_field(tmp_path):
         medbot_triage.load_families(tmp_path)
 
 
+def test_the_not_crisis_loss_is_minus_log_one_minus_p_crisis():
+    logits = torch.tensor([[0.3, -1.0, 2.0, 1.5], [1.0, 0.5, -0.5, 2.5]])
+    labels = torch.tensor([medbot_triage.NOT_CRISIS, medbot_triage.NOT_CRISIS])
+    loss = medbot_triage._loss(logits, labels, torch.ones(4))
+    expected = -torch.log(1 - torch.softmax(logits, -1)[:, 3]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # only how likely crisis is matters, not how the rest is shared among the other levels
+    assert medbot_triage._loss(logits[:, [2, 0, 1, 3]], labels, torch.ones(4)).item() == pytest.approx(
+        loss.item()
+    )
+
+
 def test_partial_not_crisis_labels_lower_only_the_crisis_score():
     # crisis where x0 > 0, else a level by x2; a look-alike group (x0 > 0, x1 > 1) is labelled only
     # "not a crisis": it should score lower on crisis than when it is left out, and nothing else move
@@ -342,12 +376,16 @@ def test_partial_not_crisis_labels_lower_only_the_crisis_score():
 def test_not_crisis_examples_leave_out_any_talk_of_self_harm():
     rows = medbot_triage.not_crisis_examples()
     assert len(rows) == medbot_triage.NOT_CRISIS_EXAMPLES and {m.level for m in rows} == {"not_crisis"}
-    assert not [m.text for m in rows if re.search(r"suicid|self.?harm|overdos|kill", m.text, re.I)]
-    assert not [m.text for m in rows if triage(m.text, model=False).crisis]
+    assert not [m.text for m in rows if triage(m.text, model=False).crisis]  # the crisis rules agree
+    # a ranking, not a draw: asking for fewer gives the first of the same messages
+    assert [m.text for m in medbot_triage.not_crisis_examples(n=100)] == [m.text for m in rows[:100]]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not medbot_triage.WIKIDOC.exists(), reason="the build reads ../shared/data")
+@pytest.mark.skipif(
+    not (medbot_triage.WIKIDOC.exists() and medbot_triage.GENMEDGPT.exists()),
+    reason="the build reads ../shared/data",
+)
 def test_build_is_deterministic_and_reproduces_the_committed_model(tmp_path):
     info = medbot_triage.build(tmp_path / "m.npz")
     new, old = medbot_triage.TriageModel.load(tmp_path / "m.npz"), medbot_triage.load_model()
