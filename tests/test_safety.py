@@ -103,6 +103,17 @@ def test_mixed_case():
     assert "emergency.infant_fever" in codes("My Baby Is 3 Weeks Old And Has A Fever")
 
 
+def test_a_rule_word_inside_another_word_does_not_match():
+    for text in (
+        "Can I send my daughter's liquid antibiotic into nursery?",  # "end my"
+        "I take my medicine on alternate days and the tablets upset my stomach",  # "ate ... tablets"
+        "I've been on anticonvulsants for years, can I drink on them?",  # "convuls"
+    ):
+        assert not triage(text, model=False).emergency, text
+    assert "emergency.self_harm" in codes("I want to end my life")
+    assert "emergency.unconscious_seizure" in codes("my son is convulsing and won't wake up")
+
+
 def test_a_count_of_tablets_swallowed_is_an_overdose_but_a_count_of_time_or_units_is_not():
     for text in (
         "took 16 co-codamol over the day, feel fine",
