@@ -57,7 +57,9 @@ ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, INFO_CUES = (RULES["context"][k] for k in ("negations", "resolved", "info_cues"))
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
+    RULES["context"][k] for k in ("negations", "resolved", "current", "settled", "info_cues")
+)
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
@@ -231,8 +233,9 @@ def _live_match(patterns: list[str], clause: str) -> str | None:
             after = clause[m.end() : m.end() + 60]
             if re.search(NEGATIONS + r"(?:(?!\band\b)[^.;,]){0,25}$", before):  # "and" ends a negation
                 continue
+            # over, unless "now", "again", ... follows closely and says more than that it is over
             if re.search(RESOLVED, before + " " + after) and not re.search(
-                r"\b(now|again|still|today|right now)\b", after[:30]
+                CURRENT, re.sub(SETTLED, " ", after[:30])
             ):
                 continue
             return m.group(0)

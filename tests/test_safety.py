@@ -53,6 +53,7 @@ EXAMPLES = {
     "poisoning_overdose": "My son swallowed a battery.",
     "thunderclap_headache": "Sudden explosive headache, the worst headache of my life.",
     "self_harm": "I have been thinking about how to kill myself.",
+    "head_injury": "Knocked his head on the goalpost, now he is drowsy and being sick.",
 }
 
 
@@ -73,7 +74,7 @@ def test_rule_tables_are_data_and_every_pattern_compiles():
         for group in spec["groups"]:
             for pattern in group:
                 re.compile(pattern)
-    for key in ("negations", "resolved", "info_cues"):
+    for key in ("negations", "resolved", "current", "settled", "info_cues"):
         re.compile(rules["context"][key])
 
 
@@ -91,6 +92,15 @@ def test_resolved_past_events_are_not_escalated():
         "I had chest pain after lifting weights last week, now it's gone.", model=False
     ).emergency
     assert not triage("She had a seizure years ago and has been fine since.", model=False).emergency
+    # "now" that only says it is over does not bring the event back ...
+    for text in (
+        "I took 30 paracetamol 2 years ago and I'm fine now, could it have hurt my liver?",
+        "He had a seizure years ago, he's okay now",
+    ):
+        assert not triage(text, model=False).emergency, text
+    # ... but "now" or "again" that says it is back does
+    assert "emergency.unconscious_seizure" in codes("He had a seizure years ago and now he's having one again")
+    assert "emergency.poisoning_overdose" in codes("took 30 paracetamol years ago and now I've taken 40 more")
 
 
 def test_typos_are_tolerated():
@@ -112,6 +122,30 @@ def test_a_rule_word_inside_another_word_does_not_match():
         assert not triage(text, model=False).emergency, text
     assert "emergency.self_harm" in codes("I want to end my life")
     assert "emergency.unconscious_seizure" in codes("my son is convulsing and won't wake up")
+
+
+def test_a_head_injury_with_a_red_flag_is_an_emergency_and_a_bump_is_not():
+    for text in (
+        "my toddler fell off the sofa and hit his head, he has been sick twice",
+        "he is concussed and keeps vomiting",
+        "I suffered a concussion playing rugby and my arm is now paralysed",  # not corrected to "confusion"
+        "she banged her head on the ice and now she can't remember the afternoon",
+        "head injury this morning, clear fluid coming from his nose",
+    ):
+        assert "emergency.head_injury" in codes(text), text
+    for text in (
+        "I bumped my head on a cupboard, it is sore but no other problems",
+        "What are the symptoms of a concussion?",
+        "I had a concussion 3 years ago and my memory has been poor since",
+    ):
+        assert "emergency.head_injury" not in codes(text), text
+
+
+def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
+    assert "emergency.bleeding" in codes("went to the toilet and instead of a poo it was just blood")
+    assert "emergency.bleeding" in codes("passing a lot of blood from my back passage")
+    assert "emergency.bleeding" not in codes("a little blood on the paper when I wipe, I have piles")
+    assert "emergency.stroke" in codes("she woke up with heaviness in her right arm and leg")
 
 
 def test_a_count_of_tablets_swallowed_is_an_overdose_but_a_count_of_time_or_units_is_not():
