@@ -233,13 +233,20 @@ def _live_match(patterns: list[str], clause: str) -> str | None:
             after = clause[m.end() : m.end() + 60]
             if re.search(NEGATIONS + r"(?:(?!\band\b)[^.;,]){0,25}$", before):  # "and" ends a negation
                 continue
-            # over, unless "now", "again", ... follows closely and says more than that it is over
-            if re.search(RESOLVED, before + " " + after) and not re.search(
-                CURRENT, re.sub(SETTLED, " ", after[:30])
-            ):
+            if re.search(RESOLVED, before + " " + after) and not _live_again(before, after):
                 continue
             return m.group(0)
     return None
+
+
+def _live_again(before: str, after: str) -> bool:
+    """A resolved event is live again when "now", "again", "still" or "today" follows the last
+    resolved cue before the match, or the match within 30 characters ("had a stroke in 2019 and now
+    my face is drooping"), unless those words only say it is over ("I'm fine now")."""
+    # settled phrases out first: one may run past the 30 characters, or hold the cue ("for 4 years now")
+    before, after = re.sub(SETTLED, " ", f"{before}\0{after}").split("\0")
+    cues = list(re.finditer(RESOLVED, before))
+    return bool(re.search(CURRENT, (before[cues[-1].end() :] if cues else "") + " " + after[:30]))
 
 
 def _clauses(text: str) -> list[str]:

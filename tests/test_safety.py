@@ -98,9 +98,21 @@ def test_resolved_past_events_are_not_escalated():
         "He had a seizure years ago, he's okay now",
     ):
         assert not triage(text, model=False).emergency, text
-    # ... but "now" or "again" that says it is back does
-    assert "emergency.unconscious_seizure" in codes("He had a seizure years ago and now he's having one again")
+    # ... but "now" or "again" that says it is back does, after the match or after the past cue
+    assert "emergency.unconscious_seizure" in codes(
+        "He had a seizure years ago and now he's having one again"
+    )
     assert "emergency.poisoning_overdose" in codes("took 30 paracetamol years ago and now I've taken 40 more")
+    assert "emergency.poisoning_overdose" in codes(
+        "I took 20 paracetamol 2 years ago, was fine now I've taken 30 more"
+    )
+    assert "emergency.stroke" in codes("had a stroke in 2019 and now my face is drooping")
+    assert "emergency.stroke" in codes(
+        "My dad's face is drooping and his arm has now gone weak"
+    )  # "gone weak" is not over
+    assert not codes(
+        "Cricket ball hit my testicle, had pain for 4 years now, can't move my leg well"
+    )  # a duration
 
 
 def test_typos_are_tolerated():
@@ -135,8 +147,12 @@ def test_a_head_injury_with_a_red_flag_is_an_emergency_and_a_bump_is_not():
         assert "emergency.head_injury" in codes(text), text
     for text in (
         "I bumped my head on a cupboard, it is sore but no other problems",
-        "What are the symptoms of a concussion?",
+        "Can a concussion affect your memory long term?",  # a question about it
         "I had a concussion 3 years ago and my memory has been poor since",
+        "He hit his head yesterday but hasn't been sick and is eating normally",  # negated
+        "I banged my head on a shelf, haven't vomited, just a small lump",
+        "I'm fit and healthy, I bumped my head at the gym today, just a bruise",
+        "I've come to the conclusion that my memory is getting worse with age",  # not corrected to concussion
     ):
         assert "emergency.head_injury" not in codes(text), text
 
@@ -144,7 +160,14 @@ def test_a_head_injury_with_a_red_flag_is_an_emergency_and_a_bump_is_not():
 def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
     assert "emergency.bleeding" in codes("went to the toilet and instead of a poo it was just blood")
     assert "emergency.bleeding" in codes("passing a lot of blood from my back passage")
-    assert "emergency.bleeding" not in codes("a little blood on the paper when I wipe, I have piles")
+    for text in (
+        "Lots of blood on the toilet paper when I wipe, I think it's my piles flaring up",
+        "I've been feeling poorly for weeks, all blood tests came back normal",  # "poo" inside "poorly"
+        "So much blood in the toilet on the first day of my period, is that normal?",
+        "A lot of blood in my wee this morning, the toilet water was pink, no pain",
+    ):
+        assert "emergency.bleeding" not in codes(text), text
+    assert "emergency.stroke" not in codes("Heaviness in my right arm after an intense arm day at the gym")
     assert "emergency.stroke" in codes("she woke up with heaviness in her right arm and leg")
 
 
@@ -353,6 +376,31 @@ def test_features_of_a_message_do_not_depend_on_what_it_is_batched_with():
     assert alone.shape == (1, 2 * 384 * len(medbot_triage.LAYERS)) and emb.shape == (1, 384)
     assert np.allclose(alone[0], batched[1], atol=1e-4)
     assert not np.allclose(batched[0], batched[1], atol=1e-2)
+
+
+def test_embedding_in_two_processes_gives_each_message_its_own_features():
+    texts = ["my chest hurts", "I fell and hit my head", "what is a normal resting heart rate for a 40 year old",
+             "can't breathe", "baby has a rash", "I want to end it all"]  # fmt: skip
+    emb, feats = medbot_triage.embed_in_parallel(texts)
+    ref_emb, ref_feats = medbot_triage.embedder().features(texts)
+    assert np.allclose(feats, ref_feats, atol=1e-4) and np.allclose(emb, ref_emb, atol=1e-4)
+
+
+def test_the_head_is_trained_to_the_steps_it_is_stored_in(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    head = medbot_triage.train_head(x, rng.integers(0, 4, 300), epochs=2)
+    levels, scale = medbot_triage.w1_steps(head["w1"])
+    assert np.allclose(levels * scale, head["w1"], atol=1e-6)  # already whole steps
+    assert (
+        np.abs(levels).max() == medbot_triage.W1_LEVELS
+        and len(np.unique(levels)) <= 2 * medbot_triage.W1_LEVELS + 1
+    )
+    model = medbot_triage.TriageModel(head, {}, np.zeros((0, 2)), [], [], "", {}, np.zeros((384, 2)))
+    model.save(tmp_path / "m.npz")
+    loaded = medbot_triage.TriageModel.load(tmp_path / "m.npz")
+    assert np.allclose(loaded.head["w1"], head["w1"], atol=1e-6)  # stored without a further loss
+    assert np.allclose(loaded.probs(x), model.probs(x), atol=1e-3)
 
 
 @pytest.mark.skipif(not safety_report.FORUMS.exists(), reason="reads ../shared/data")
