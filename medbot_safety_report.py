@@ -24,8 +24,8 @@ Triage (rules + learned model, and each alone) on:
   escalated or sent to the crisis line; for the forum questions, the held-out half against the
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3 and _dev4
-(development; dev4 tuned on in v2.5), data/safety_answers.jsonl.
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3, _dev4
+and _dev5 (development; dev4 tuned on in v2.5, dev5's controlled medicines in v2.11), data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main() -> None:
         "safety_answers_dev2.jsonl",
         "safety_answers_dev3.jsonl",
         "safety_answers_dev4.jsonl",
+        "safety_answers_dev5.jsonl",
         "safety_answers.jsonl",
     ):
         if (ROOT / "data" / name).exists():
