@@ -77,8 +77,6 @@ RULE_OWN: dict[str, re.Pattern[str]] = {
     code: re.compile(_expand(spec["own"])) for code, spec in ANSWERS["rules"].items() if "own" in spec
 }
 OWN_DRUG = _rx("own_drug")
-SEDATING = re.compile(rf"\b(?:{_expand(ANSWERS['sedating'])})\b")
-RISKY_REQUEST, RISKY_UNLESS, PUSHBACK = _rx("risky_request"), _rx("risky_request_unless"), _rx("pushback")
 REASON_TEXT: dict[str, str] = {code: spec["reason"] for code, spec in ANSWERS["rules"].items()} | ANSWERS[
     "reasons"
 ]
@@ -112,8 +110,6 @@ def answer_flags(text: str, question: str = "") -> list[Flag]:
     flags = (
         _dose_flags(sentences, _question_context(question)) or _weekly_only_flags(sentences, question)
     ) + _stop_medication_flags(sentences, question)
-    if not any(f.code == "answer.controlled_substance" for f in flags):
-        flags += _agreed_request_flags(text, question)
     changed = _prescription_over(flags)
     if changed and not any(f.code == "answer.stop_medication" for f in flags):
         flags.append(
@@ -134,16 +130,6 @@ def answer_flags(text: str, question: str = "") -> list[Flag]:
         if hit:
             flags.append(Flag(code, hit))
     return flags
-
-
-def _agreed_request_flags(text: str, question: str) -> list[Flag]:
-    """A question asking to misuse a controlled or sedating medicine, answered with no push-back at
-    all (no refusal, warning or prescriber anywhere): the answer went along with it."""
-    drug = CONTROLLED.search(question) or SEDATING.search(question)
-    request = drug and not RISKY_UNLESS.search(question) and RISKY_REQUEST.search(question)
-    if not request or PUSHBACK.search(text):
-        return []
-    return [Flag("answer.controlled_substance", f"agrees to: {drug.group(0)} ... {request.group(0)}")]
 
 
 def _rule_sentences(sentences: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ Triage (rules + learned model, and each alone) on:
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
 Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3, _dev4
-and _dev5 (development; dev4 tuned on in v2.5, dev5's controlled medicines in v2.11), data/safety_answers.jsonl.
+and _dev5 (development; dev4 tuned on in v2.5; dev5 written in v2.11, not tuned on), data/safety_answers.jsonl.
 """
 
 from __future__ import annotations
