@@ -90,6 +90,8 @@ GERUND_ADVICE, GERUND_REASSURANCE = _rx("gerund_advice"), _rx("gerund_reassuranc
 CLOSER = re.compile(
     rf"(?:{_expand(ANSWERS['lead_in'])})(?:{_expand(ANSWERS['certainty'])}|{ANSWERS['certainty_closer']})[.!]?"
 )
+CONDITION_NAME = re.compile(rf"\b(?:{_expand(ANSWERS['condition'])})")
+KNOWN_CONDITION = _rx("known_condition")
 MEDICINE_WORDS = re.compile(rf"\b(?:{ANSWERS['medicine_words']})\b")
 OVER_THE_COUNTER = re.compile(rf"\b(?:{ANSWERS['over_the_counter']})\b")
 
@@ -127,9 +129,19 @@ def answer_flags(text: str, question: str = "") -> list[Flag]:
             ),
             None,
         )
-        if hit:
+        if hit and not (code == "answer.certain_diagnosis" and _said_in_question(hit, question)):
             flags.append(Flag(code, hit))
     return flags
+
+
+def _said_in_question(hit: str, question: str) -> bool:
+    """The condition of a diagnosis is one the person said they have ("I'm pregnant, can I take
+    ibuprofen?" + "You're pregnant, so no"): the answer repeats it, it does not diagnose it."""
+    name = CONDITION_NAME.search(hit)
+    if not name or not question:
+        return False
+    word = [m.group(0) for m in CONDITION_NAME.finditer(hit)][-1].split()[-1]
+    return bool(re.search(rf"{KNOWN_CONDITION.pattern} ([a-z'-]+ ){{0,2}}{re.escape(word)}\b", question))
 
 
 def _rule_sentences(sentences: list[str]) -> list[str]:

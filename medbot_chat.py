@@ -266,8 +266,10 @@ def answer_check(answer: str, verdict: Triage, *, final: bool = True) -> AnswerC
     emergency or urgent message whose answer sends the person nowhere is rewritten (dismissal);
     a partial one is not (its referral may still be coming)."""
     if final or reassures(answer, verdict):  # reassurance to an emergency stops a stream at once
-        return check_answer(answer, verdict=verdict)
-    return check_answer(answer)
+        return check_answer(answer, verdict=verdict, model=final)
+    # the learned check reads whole answers: on the first sentence of a stream it would judge a
+    # fragment, so a stream's released text is held to the rules and the final answer to both
+    return check_answer(answer, model=False)
 
 
 def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, shown: str = "") -> Reply:

@@ -328,7 +328,9 @@ def _fix_word(word: str) -> str:
 # ----------------------------------------------------------------------------- answer checks
 
 
-def check_answer(answer: str, question: str | None = None, verdict: Triage | None = None) -> AnswerCheck:
+def check_answer(
+    answer: str, question: str | None = None, verdict: Triage | None = None, *, model: bool = True
+) -> AnswerCheck:
     """Flag unsafe advice in a generated answer; an unsafe answer is replaced by a safe one.
 
     Args:
@@ -337,6 +339,8 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
             urgent case to care is flagged (dismissal), and the answer's doses are read with the
             question's drug, tablet strength and child ("I have 400 mg ibuprofen" + "take 3").
         verdict: the question's triage, if already made (saves triaging it again).
+        model: also ask the learned answer check (`medbot_answer_model.py`) when no rule flags the
+            answer; False gives the answer rules alone (the question is still triaged by rules and model).
     """
     # line by line: a bulleted or numbered list keeps its lines apart ("- walk every hour\n- 4 tablets")
     text = "\n".join(filter(None, map(normalize, answer.splitlines()))) if answer else ""
@@ -345,6 +349,20 @@ def check_answer(answer: str, question: str | None = None, verdict: Triage | Non
         verdict = verdict or triage(question or "")
         if _dismissive(text, verdict):
             flags.append(Flag("answer.dismissal", f"{verdict.level} message; no referral in the answer"))
+    # the rules are tuned on one writer at a time and the next writer's wording escapes them; the
+    # learned check reads the whole answer (it runs only when no rule has flagged it: one rewrite is enough)
+    if model and not flags:
+        from medbot_answer_model import (
+            MIN_WORDS,
+            load_answer_model,
+        )  # torch + the embedder: loaded on first use
+
+        if len(re.findall(r"[^\W\d_]{2,}", text)) >= MIN_WORDS:
+            # reassurance is a dismissal only where the question needs care
+            needs_care = verdict is not None and verdict.level != "routine"
+            learned = load_answer_model().predict([answer], dismissal=needs_care)[0]
+            if learned.unsafe:
+                flags.append(Flag(learned.code, f"learned check: p(unsafe)={learned.p_unsafe:.2f}"))
     if not flags:
         return AnswerCheck(answer, [])
     reasons = "; ".join(dict.fromkeys(REASON_TEXT[f.code] for f in flags))
@@ -359,7 +377,9 @@ def _dismissive(text: str, verdict: Triage) -> bool:
     rules = RULES["dismissal"]
     # a referral put off to later ("see the GP on Monday") sends no one anywhere now
     now = " ".join(
-        s for s in re.split(r"(?<=[.!?;])\s+|\n+| - ", text) if not re.search(rules["deferred"], s)
+        s
+        for s in re.split(r"(?<=[.!?;])\s+|\n+| - ", text)
+        if not re.search(rules["deferred"], s) or re.search(rules["now_too"], s)
     )
     if verdict.non_english or verdict.level == "routine" or referral_in(now):
         return False

@@ -24,8 +24,11 @@ Triage (rules + learned model, and each alone) on:
   escalated or sent to the crisis line; for the forum questions, the held-out half against the
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2, _dev3, _dev4
-and _dev5 (development; dev4 tuned on in v2.5; dev5 written in v2.11, not tuned on), data/safety_answers.jsonl.
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2 ... _dev6
+(development: the rules were tuned on dev-dev5, and the learned check is trained on all six), with
+the rules alone and with the learned check beside them; the learned check's own measures from its
+build (each writer scored by a head that never saw it; doctors' replies never trained on); LiveQA's
+expert answers (an evaluation set, counted only) as a false-alarm measure.
 """
 
 from __future__ import annotations
@@ -80,10 +83,12 @@ def main() -> None:
         "safety_answers_dev3.jsonl",
         "safety_answers_dev4.jsonl",
         "safety_answers_dev5.jsonl",
+        "safety_answers_dev6.jsonl",
         "safety_answers.jsonl",
     ):
         if (ROOT / "data" / name).exists():
             print_table(f"Answer checks, {name}", answer_table(read(ROOT / "data" / name)))
+    learned_check_report()
     speed()
 
 
@@ -299,11 +304,14 @@ def language_report() -> None:
 
 
 def answer_table(rows: list[dict]) -> dict:
+    rules = [check_answer(r["text"], question=r.get("question"), model=False) for r in rows]
     checks = [check_answer(r["text"], question=r.get("question")) for r in rows]
     codes = sorted({c for r in rows for c in r["unsafe"]})
     unsafe = [i for i, r in enumerate(rows) if r["unsafe"]]
     safe = [i for i, r in enumerate(rows) if not r["unsafe"]]
     table = {
+        "unsafe rewritten, rules alone": {"recall": (sum(not rules[i].safe for i in unsafe), len(unsafe))},
+        "safe rewritten, rules alone": {"false_alarm": (sum(not rules[i].safe for i in safe), len(safe))},
         "ALL unsafe answers rewritten": {"recall": (sum(not checks[i].safe for i in unsafe), len(unsafe))},
         "safe answers rewritten": {"false_alarm": (sum(not checks[i].safe for i in safe), len(safe))},
     }
@@ -312,6 +320,27 @@ def answer_table(rows: list[dict]) -> dict:
         table[f"  {code}"] = {"recall": (sum(not checks[i].safe for i in pos), len(pos)),
                               "false_alarm": (sum(any(f.code == code for f in checks[i].flags) for i in safe), len(safe))}  # fmt: skip
     return table
+
+
+def learned_check_report() -> None:
+    """The learned answer check's measures from its build, and LiveQA's expert answers rewritten."""
+    from medbot_answer_model import load_answer_model
+
+    info = load_answer_model().info
+    table = {}
+    for name, counts in info["leave_one_writer_out"].items():
+        table[f"{name}, head alone, writer left out"] = {"recall": tuple(counts["unsafe_caught"]),
+                                                         "false_alarm": tuple(counts["safe_flagged"])}  # fmt: skip
+    table["doctors' replies never trained on, flagged"] = {
+        "false_alarm": tuple(info["replies_held_apart_flagged"])
+    }
+    path = SHARED / "liveqa-test.jsonl"
+    if path.exists():
+        pairs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for label, model in (("rules alone", False), ("rules + learned check", True)):
+            flagged = sum(not check_answer(p["output"], question=p["input"], model=model).safe for p in pairs)
+            table[f"LiveQA expert answers rewritten, {label}"] = {"false_alarm": (flagged, len(pairs))}
+    print_table("Learned answer check (data/answer_model.npz, python medbot_answer_model.py)", table)
 
 
 def speed() -> None:

@@ -25,7 +25,9 @@ DOSE, STOP, CERTAIN, CONTROLLED, CLINICIAN = (
 
 
 def codes(text: str) -> set[str]:
-    return {f.code for f in check_answer(text).flags}
+    return {
+        f.code for f in check_answer(text, model=False).flags
+    }  # the rules (the learned check: test_answer_model.py)
 
 
 # (unsafe, its safe twin): written for these tests, not taken from the data sets
@@ -261,7 +263,7 @@ PAIRS = [
 @pytest.mark.parametrize("code, unsafe, safe", PAIRS)
 def test_unsafe_answer_flagged_and_its_safe_twin_not(code, unsafe, safe):
     assert code in codes(unsafe), unsafe
-    assert check_answer(safe).safe, (safe, check_answer(safe).flags)
+    assert not codes(safe), (safe, codes(safe))  # the learned check on these: test_answer_model.py
 
 
 @pytest.mark.parametrize(
