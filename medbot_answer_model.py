@@ -1,7 +1,7 @@
 """The learned answer check beside the answer rules: reads a generated answer and says whether it
 reads like unsafe advice, and which kind.
 
-    python medbot_answer_model.py          # build data/answer_model.npz (deterministic, ~1 min on 2 CPU cores)
+    python medbot_answer_model.py          # build data/answer_model.npz (deterministic, ~2.5 min on 2 CPU cores)
 
     from medbot_answer_model import load_answer_model
     verdict = load_answer_model().predict(["Yes, two of your tablets should sort her cramps out."])[0]
@@ -10,9 +10,10 @@ reads like unsafe advice, and which kind.
 Why a model: the answer rules are tuned on the answers of one writer at a time, and the next writer
 escapes them. Each new writer's set at first contact: dev4 0.745, dev5 0.767, dev6 0.660 of unsafe
 answers caught; the rules written from dev5's misses moved dev6 from 0.660 to 0.667. Measured leave
-one writer out (a head trained on the other five writers' answers, its threshold picked on their
-scores), the rules with this head beside them caught 141 of dev6's 150 unsafe answers at 8 of 150
-false alarms, and 144 of dev5's at 5 (v2.12 study; the build prints its own numbers).
+one writer out (each writer scored by the build's head trained on the other five), the rules with
+the head beside them catch 139 of dev6's 150 unsafe answers at 8 of 150 false alarms, and 144 of
+dev5's at 5 (the rules alone 100 and 126); on the held-out answers 0.952 at 3.4% (rules alone 0.895).
+
 
 The head is the triage model's kind (`medbot_triage.py`): a one-hidden-layer MLP on the six MiniLM
 layers' token states of the answer, mean- and max-pooled, its first layer in 31 steps. Classes: safe
@@ -26,10 +27,14 @@ are short and breezy, their safe ones long and careful) and flags 14% of real do
 with them, 0.3%, at the same recall (v2.12 study). A quarter of the replies is never trained on:
 the build measures its false alarms there.
 
-The threshold is the lowest whose false alarms on the safe answers of each writer, scored by a head
-trained without that writer, stay within ANSWER_FALSE_ALARMS: a writer the head has not seen is what
-it will meet. The artifact (~300 kB, no outside text) is committed; its fingerprint names the answer
-files it was built from, and a test checks that it matches them.
+The threshold is the lowest whose false alarms on the writers' safe answers (pooled), each scored by
+a head trained without its writer, stay within ANSWER_FALSE_ALARMS: a writer the head has not seen
+is what it will meet (per writer the share differs: the build prints each). The answer is read whole,
+so one unsafe sentence among polite ones is diluted: a closing pleasantry added to 100 short unsafe
+answers let 22 more through (93 -> 71 caught, rules and head); reading runs of sentences too caught
+them but flagged 46 of the held-out set's 262 safe answers instead of 9, so it was not taken.
+The artifact (about 205 kB, no outside text) is committed; its fingerprint names the answer files
+and settings it was built from, and a test checks that it matches them.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medbot_triage import embed_in_parallel, embedder, w1_steps
+from medbot_triage import LAYERS, embed_in_parallel, embedder, w1_steps
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACT = ROOT / "data" / "answer_model.npz"
@@ -65,8 +70,8 @@ DIALOGUE = ROOT.parent / "shared" / "data" / "dialogue"
 # doctors' replies read as safe answers: (file, how many sampled)
 REPLIES = (("genmedgpt5k.jsonl", 1000), ("health-forums.jsonl", 1500), ("covid-dialogue.jsonl", 600))
 # The head does not flag doses: it cannot add up milligrams, and the dose rules can. Flagging its
-# dose class made 33 of the 41 false alarms on one writer's safe answers that discuss doses (dev3,
-# leave one writer out, v2.12 study); the class stays in training so dose-like answers are not
+# dose class made 33 of the 36 false alarms the head alone made on one writer's safe answers, which
+# discuss doses (dev3, leave one writer out, at a threshold of 0.97; v2.12 study); the class stays in training so dose-like answers are not
 # pushed into the others. Dismissal is read only when the question needs care (see predict): the
 # same reassurance is a dismissal of chest pain and a fine answer about a sprain. The threshold is
 # picked with dismissal read for every answer, so in use the head flags no more than measured.
@@ -113,13 +118,10 @@ class AnswerModel:
         p = self.probs(feats)
         reads = [c for c in READS if dismissal or c != "answer.dismissal"]
         columns = [CODES.index(c) for c in reads]
+        scores = p[:, columns].sum(1)
         return [
-            AnswerVerdict(
-                bool(row[columns].sum() >= self.threshold),
-                float(row[columns].sum()),
-                reads[int(np.argmax(row[columns]))],
-            )  # fmt: skip
-            for row in p
+            AnswerVerdict(bool(score >= self.threshold), float(score), reads[int(np.argmax(row[columns]))])
+            for score, row in zip(scores, p)
         ]
 
     def probs(self, feats: np.ndarray) -> np.ndarray:
@@ -255,14 +257,22 @@ def labelled_answers() -> list[Row]:
 
 def doctor_replies(seed: int = 0) -> list[Row]:
     """Doctors' replies from ../shared/data as safe answers, sampled the same way every time;
-    every HELD_APART-th is never trained on. Empty if the shared data is not there."""
+    every HELD_APART-th is never trained on."""
     rows: list[Row] = []
     for name, count in REPLIES:
         path = DIALOGUE / name
         if not path.exists():
-            continue
-        replies = sorted({json.loads(line)["output"].strip() for line in path.read_text(encoding="utf-8").splitlines()
-                          if line.strip()} - {""})  # fmt: skip
+            raise FileNotFoundError(
+                f"{path}: the answer model is built with doctors' replies from ../shared/data"
+            )
+        replies = set()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    replies.add(json.loads(line)["output"].strip())
+                except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                    raise ValueError(f"{path}:{n}: a dialogue line needs an 'output' string: {e!r}") from e
+        replies = sorted(replies - {""})
         picked = random.Random(f"{seed}:{name}").sample(replies, min(count, len(replies)))
         rows += [
             Row(t, 0, "reply", REPLY_WEIGHT, i % HELD_APART == HELD_APART - 1) for i, t in enumerate(picked)
@@ -321,7 +331,7 @@ def fingerprint() -> str:
     h = hashlib.sha256()
     for path in ANSWER_SETS:
         h.update(path.read_bytes())
-    h.update(json.dumps([CODES, READS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
+    h.update(json.dumps([CODES, READS, LAYERS, MIN_WORDS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
                          LEARNING_RATE, WEIGHT_DECAY]).encode())  # fmt: skip
     return h.hexdigest()[:16]
 

@@ -91,7 +91,8 @@ CLOSER = re.compile(
     rf"(?:{_expand(ANSWERS['lead_in'])})(?:{_expand(ANSWERS['certainty'])}|{ANSWERS['certainty_closer']})[.!]?"
 )
 CONDITION_NAME = re.compile(rf"\b(?:{_expand(ANSWERS['condition'])})")
-KNOWN_CONDITION = _rx("known_condition")
+KNOWN_CONDITION, KNOWN_DOUBT = _rx("known_condition"), _rx("known_doubt")
+CERTAINTY = re.compile(rf"\b(?:{_expand(ANSWERS['certainty'])})")
 MEDICINE_WORDS = re.compile(rf"\b(?:{ANSWERS['medicine_words']})\b")
 OVER_THE_COUNTER = re.compile(rf"\b(?:{ANSWERS['over_the_counter']})\b")
 
@@ -137,11 +138,16 @@ def answer_flags(text: str, question: str = "") -> list[Flag]:
 def _said_in_question(hit: str, question: str) -> bool:
     """The condition of a diagnosis is one the person said they have ("I'm pregnant, can I take
     ibuprofen?" + "You're pregnant, so no"): the answer repeats it, it does not diagnose it."""
-    name = CONDITION_NAME.search(hit)
-    if not name or not question:
+    names = [m.group(0) for m in CONDITION_NAME.finditer(hit)]
+    if not names or not question or CERTAINTY.search(hit):  # "You have shingles, 100%" diagnoses it
         return False
-    word = [m.group(0) for m in CONDITION_NAME.finditer(hit)][-1].split()[-1]
-    return bool(re.search(rf"{KNOWN_CONDITION.pattern} ([a-z'-]+ ){{0,2}}{re.escape(word)}\b", question))
+    # the condition's last two words, said by the person as a fact ("I'm 20 weeks pregnant")
+    name = " ".join(names[-1].split()[-2:]) if len(names[-1].split()) > 2 else names[-1].split()[-1]
+    for cue in KNOWN_CONDITION.finditer(question):
+        said = re.search(rf"\b{re.escape(name)}\b", cue.group(0)) or question.startswith(name, cue.end() + 1)
+        if said and not KNOWN_DOUBT.search(question[max(0, cue.start() - 25) : cue.start()]):
+            return True
+    return False
 
 
 def _rule_sentences(sentences: list[str]) -> list[str]:

@@ -323,9 +323,10 @@ class ReplyStream:
 
     Text is released word by word once the safety check has passed on everything so far; a
     sentence that touches what the check looks at (numbers, drug names, stop/quit, certainty,
-    "I am", diagnosis) is held until it is complete and checked, so no surface ever shows an
-    unsafe sentence. If the final check
-    rewrites the answer, the last piece withdraws what was shown and gives the safe text.
+    "I am", diagnosis) is held until it is complete and checked by the rules, so no surface shows a
+    sentence the rules flag. The learned answer check reads only the final answer (on a fragment it
+    would judge too few words), as the dismissal check does: if the final check rewrites the
+    answer, the last piece withdraws what was shown and gives the safe text.
 
     What a streaming client shows is `head` (before generation), the pieces, then `tail` (once
     iteration has ended); together they are `assembled`, which is exactly `reply.text`, with one

@@ -25,7 +25,10 @@ Answers (`check_answer(answer, question=...)`): doses above common daily or sing
 medicine (any drug the `drug-named-entity-recognition` lexicon knows, or words such as insulin,
 inhaler, blood thinner), a certain diagnosis, controlled drugs, claims to be any clinician or to
 have prescribed, and, given the question, an answer to an emergency or urgent message that does
-not send the person to care (dismissal). An unsafe answer is replaced by a safe one.
+not send the person to care (dismissal). Where no rule flags an answer of ten or more words, a
+learned check (`medbot_answer_model.py`, the triage model's kind, trained on six writers' labelled
+answers) reads it whole: the next writer's wording escapes rules tuned on the last. An unsafe
+answer is replaced by a safe one.
 
 Not covered: triage in languages other than English, images, children's doses where the question
 gives neither weight nor age, drug interactions, sarcasm, and anything neither reader was shown. It is a safety net

@@ -87,7 +87,10 @@ def main() -> None:
         "safety_answers.jsonl",
     ):
         if (ROOT / "data" / name).exists():
-            print_table(f"Answer checks, {name}", answer_table(read(ROOT / "data" / name)))
+            trained = (
+                " (the learned check is trained on these: its column flatters it)" if "_dev" in name else ""
+            )
+            print_table(f"Answer checks, {name}{trained}", answer_table(read(ROOT / "data" / name)))
     learned_check_report()
     speed()
 

@@ -103,22 +103,22 @@ def test_a_flag_names_its_kind_and_score():
 
 
 def test_doses_are_left_to_the_rules():
-    """The head cannot add up milligrams: it never flags a dose, whatever the answer."""
+    """The head cannot add up milligrams: a safe answer full of doses is not flagged by it, and the
+    dose class is never what it flags."""
     assert "answer.dose_over_max" not in am.READS
-    answers = [
-        "Take 8 paracetamol tablets at once.",
-        "Give her 5 ml of Calpol every 4 hours.",
-        "Two 400 mg ibuprofen three times a day.",
-    ]
-    for verdict in am.load_answer_model().predict(answers, dismissal=True):
-        assert verdict.code != "answer.dose_over_max"
+    answer = (
+        "For a six-year-old, Calpol Six Plus (250 mg in 5 ml) is 5 ml up to four times in 24 hours, "
+        "or children's ibuprofen (100 mg in 5 ml) is 7.5 ml up to three times a day with food."
+    )
+    assert check_answer(answer, question="My 6 year old has a temperature, how much Calpol?").safe
 
 
 def test_reassurance_is_read_as_dismissal_only_when_the_question_needs_care():
     answer = "It's probably nothing, have a lie down and it'll settle by itself."
     model = am.load_answer_model()
     without, with_care = model.predict([answer])[0], model.predict([answer], dismissal=True)[0]
-    assert without.code != "answer.dismissal" and with_care.p_unsafe >= without.p_unsafe
+    assert with_care.unsafe and with_care.code == "answer.dismissal"  # read as one where care is needed
+    assert not without.unsafe
     question = "I have a mild cold and a runny nose"
     assert triage(question).level == "routine"
     assert check_answer(answer, question=question).safe
@@ -143,6 +143,7 @@ def test_missing_artifact_says_how_to_build_it(tmp_path):
         am.AnswerModel.load(tmp_path / "none.npz")
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_reproduces_the_committed_model(tmp_path):
     if not am.DIALOGUE.is_dir():
         pytest.skip("../shared/data is not here: the build reads doctors' replies from it")
