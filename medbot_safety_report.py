@@ -332,17 +332,16 @@ def learned_check_report() -> None:
     info = load_answer_model().info
     table = {}
     for name, counts in info["leave_one_writer_out"].items():
-        table[f"{name}, head alone, writer left out"] = {"recall": tuple(counts["unsafe_caught"]),
+        short = name.removeprefix("safety_answers_").removesuffix(".jsonl")
+        table[f"{short} left out, head alone"] = {"recall": tuple(counts["unsafe_caught"]),
                                                          "false_alarm": tuple(counts["safe_flagged"])}  # fmt: skip
-    table["doctors' replies never trained on, flagged"] = {
-        "false_alarm": tuple(info["replies_held_apart_flagged"])
-    }
+    table["doctors' replies never trained on"] = {"false_alarm": tuple(info["replies_held_apart_flagged"])}
     path = SHARED / "liveqa-test.jsonl"
     if path.exists():
         pairs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        for label, model in (("rules alone", False), ("rules + learned check", True)):
+        for label, model in (("rules alone", False), ("rules + head", True)):
             flagged = sum(not check_answer(p["output"], question=p["input"], model=model).safe for p in pairs)
-            table[f"LiveQA expert answers rewritten, {label}"] = {"false_alarm": (flagged, len(pairs))}
+            table[f"LiveQA answers, {label}"] = {"false_alarm": (flagged, len(pairs))}
     print_table("Learned answer check (data/answer_model.npz, python medbot_answer_model.py)", table)
 
 
