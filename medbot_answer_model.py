@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medbot_triage import LAYERS, embed_in_parallel, embedder, w1_steps
+from medbot_triage import LAYERS, _lowest_within, embed_in_parallel, embedder, w1_steps
 
 ROOT = Path(__file__).resolve().parent
 ARTIFACT = ROOT / "data" / "answer_model.npz"
@@ -318,12 +318,6 @@ def train_head(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int = 0) -> di
     return {"mu": mu.astype(np.float32), "sd": sd.astype(np.float32), "w1": (levels * scale).astype(np.float32),
             "b1": net[1].bias.detach().numpy(), "w2": net[4].weight.detach().numpy(),
             "b2": net[4].bias.detach().numpy()}  # fmt: skip
-
-
-def _lowest_within(negative_scores: np.ndarray, budget: float) -> float:
-    ranked = np.sort(negative_scores)[::-1]
-    allowed = int(np.floor(budget * len(ranked)))
-    return float(np.nextafter(ranked[allowed], 1.0)) if allowed < len(ranked) else 0.0
 
 
 def fingerprint() -> str:
