@@ -46,6 +46,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -82,6 +83,7 @@ READ_COLUMNS = [CODES.index(c) for c in READS]
 # anyone.") were flagged with no limit, 4 with 10 words; on 240 short answers written by a helper
 # (v2.12) the head added 13 of 100 unsafe ones at 6 of 140 false alarms with the limit, 17 and 6 without.
 MIN_WORDS = 10
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # "you'll" is one word, "400" none
 REPLY_WEIGHT = 0.5  # their loss weight: some doctors' replies are not safe by this check's standards
 HELD_APART = 4  # every 4th sampled reply is never trained on: the build's false-alarm measure
 ANSWER_FALSE_ALARMS = 0.03  # of a writer's safe answers flagged by the head trained without that writer
@@ -151,6 +153,11 @@ class AnswerModel:
 
 
 _lock = threading.Lock()
+
+
+def long_enough(answer: str) -> bool:
+    """Whether the head reads this answer: MIN_WORDS words of two letters or more ("you'll" is one)."""
+    return sum(len(w) >= 2 for w in _WORD.findall(answer)) >= MIN_WORDS
 
 
 def load_answer_model(path: Path = ARTIFACT) -> AnswerModel:

@@ -222,7 +222,7 @@ def respond_batch(
     out = model.generate(**enc, **kwargs)
     width = enc["input_ids"].shape[1]
     for row, i in enumerate(todo):
-        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i])
+        replies[i] = finish(tokenizer, cfg, out[row, width:], verdicts[i], question=queries[i])
     return replies
 
 
@@ -260,21 +260,25 @@ def generate_kwargs(
     )
 
 
-def answer_check(answer: str, verdict: Triage, *, final: bool = True) -> AnswerCheck:
+def answer_check(answer: str, verdict: Triage, question: str = "", *, final: bool = True) -> AnswerCheck:
     """The one place the safety layer's answer check is called (final answers in `finish`, the text
     released while streaming). A final answer is checked with the message's triage, so an
-    emergency or urgent message whose answer sends the person nowhere is rewritten (dismissal);
-    a partial one is not (its referral may still be coming)."""
+    emergency or urgent message whose answer sends the person nowhere is rewritten (dismissal),
+    and with the message itself, so "take 3 four times a day" is read with the "400 mg ibuprofen"
+    the patient named; a partial one is not (its referral may still be coming)."""
     if final or reassures(answer, verdict):  # reassurance to an emergency stops a stream at once
-        return check_answer(answer, verdict=verdict, model=final)
+        return check_answer(answer, question=question or None, verdict=verdict, model=final)
     # the learned check reads whole answers: on the first sentence of a stream it would judge a
     # fragment, so a stream's released text is held to the rules and the final answer to both
     return check_answer(answer, model=False)
 
 
-def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, shown: str = "") -> Reply:
+def finish(
+    tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage, shown: str = "", question: str = ""
+) -> Reply:
     """Generated ids -> the Reply a user sees: answer text only, checked by the safety layer.
-    `shown`: what a stream already showed (checked); the answer never ends before it."""
+    `shown`: what a stream already showed (checked); the answer never ends before it.
+    `question`: the patient's message, read by the answer check (doses with the question's drug)."""
     text = tokenizer.decode(new, skip_special_tokens=True)
     raw = cut_at_stop(text, cfg.stop_sequences).strip()
     answer = raw
@@ -284,7 +288,7 @@ def finish(tokenizer: Any, cfg: MedbotConfig, new: torch.Tensor, verdict: Triage
         dropped = drop_unfinished_sentence(raw)
         answer = dropped if len(dropped) >= len(shown.strip()) else shown.strip()
     check = answer_check(
-        answer, verdict
+        answer, verdict, question
     )  # after generation: unsafe advice is replaced, with its reason codes
     n_new = int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else len(new)
     return Reply(answer=check.text, new_tokens=n_new, triage=verdict, check=check, raw_answer=raw)
@@ -337,6 +341,7 @@ class ReplyStream:
     """
 
     triage: Triage
+    question: str = ""  # the patient's message: the answer check reads doses with its drug and strength
     prompt_turns: int = 0  # earlier exchanges that fitted into the prompt (oldest are left out first)
     reply: Reply | None = None
     finish_reason: str = "stop"  # stop | length | timeout | cancelled | safety
@@ -405,7 +410,9 @@ def respond_stream(
     """
     if not query or not query.strip():
         raise ValueError("the patient query is empty")
-    stream = ReplyStream(triage=conversation_triage(query, [patient for patient, _ in history or []]))
+    stream = ReplyStream(
+        triage=conversation_triage(query, [patient for patient, _ in history or []]), question=query
+    )
     if stream.triage.non_english:
         stream.reply = Reply(answer="", triage=stream.triage)
         return stream
@@ -525,7 +532,7 @@ def _pieces(
     if "error" in out:
         raise out["error"]
     new = out["ids"][0, enc["input_ids"].shape[1] :]
-    reply = finish(tokenizer, cfg, new, stream.triage, shown)
+    reply = finish(tokenizer, cfg, new, stream.triage, shown, question=stream.question)
     stream.reply = reply
     if stream.finish_reason == "stop":
         if max_time and time.monotonic() - started >= max_time:

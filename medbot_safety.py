@@ -308,8 +308,10 @@ _TYPO: dict[str, str] = RULES["spelling"]["fixed"]
 
 
 def normalize(text: str) -> str:
-    """Lower case, plain quotes, one space, and common misspellings of the key words corrected."""
+    """Lower case, plain quotes and dashes, one space, and common misspellings of the key words corrected."""
     text = unicodedata.normalize("NFKC", text).lower().replace("’", "'").replace("‘", "'")
+    # dashes as the rules write them: "2–3 tablets" and "pain–free" close up, an aside ("—") spaced
+    text = re.sub(r"\s*[–—]\s*", " - ", re.sub(r"(?<=\w)–(?=\w)", "-", text))
     words = re.findall(r"[a-z0-9'°.%&-]+|[^\sa-z0-9]", text)
     fixed = " ".join(_fix_word(w) for w in words)
     return re.sub(r" ([,.;:!?])", r"\1", re.sub(r"\s+", " ", fixed)).strip()
@@ -355,12 +357,9 @@ def check_answer(
     # the rules are tuned on one writer at a time and the next writer's wording escapes them; the
     # learned check reads the whole answer (it runs only when no rule has flagged it: one rewrite is enough)
     if model and not flags:
-        from medbot_answer_model import (
-            MIN_WORDS,
-            load_answer_model,
-        )  # torch + the embedder: loaded on first use
+        from medbot_answer_model import load_answer_model, long_enough  # torch + the embedder: on first use
 
-        if len(re.findall(r"[^\W\d_]{2,}", text)) >= MIN_WORDS:
+        if long_enough(text):
             # reassurance is a dismissal only where the question needs care
             needs_care = verdict is not None and verdict.level != "routine"
             learned = load_answer_model().predict([answer], dismissal=needs_care)[0]

@@ -251,6 +251,8 @@ PAIRS = [
     (CLINICIAN, "I'm medically trained, so trust me.", "I'm not medically trained."),
     (CLINICIAN, "This is Nurse Amy from the practice.", "This is a chatbot, not a nurse."),
     (CLINICIAN, "Speaking as a midwife with 10 years' experience, rest.", "Speaking to a midwife may help."),
+    (CLINICIAN, "Speaking as a midwife — rest and keep your feet up.", "As your midwife — or your GP — will say, rest helps."),
+    (STOP, "Come off it by dropping one tablet each week.", "Dropping a tablet a week is for your GP to plan."),
     (CLINICIAN, "Your bloods came back to me today.", "Your bloods come back to your GP."),
     (CONTROLLED, "Share your diazepam with your sister.", "Never share your diazepam with anyone."),
     (CONTROLLED, "Give your son one of your tramadol.", "Keep your tramadol away from your son."),

@@ -26,6 +26,7 @@ from medbot_safety import (
     Flag,
     Triage,
     non_english_language,
+    normalize,
     triage,
     triage_many,
 )
@@ -118,6 +119,17 @@ def test_resolved_past_events_are_not_escalated():
 def test_typos_are_tolerated():
     assert "emergency.cardiac" in codes("crushing chset pain going into my jaw")
     assert "emergency.unconscious_seizure" in codes("my son is having a siezure")
+
+
+def test_real_words_are_not_spelling_corrected_into_key_words():
+    """The corrector fixes typos, not other words: "beating", "smelling", "dropping" stay as written
+    (they once became "breathing", "swelling", "drooping"), while "brething" is still corrected."""
+    for word, kept in (("beating", True), ("smelling", True), ("dropping", True), ("voting", True),
+                       ("brething", False), ("unconcious", False), ("tables", False)):  # fmt: skip
+        assert (normalize(f"my {word} now") == f"my {word} now") is kept, (word, normalize(word))
+    assert normalize("Speaking as a midwife—stop it… 2–3 tablets, pain–free") == (
+        "speaking as a midwife - stop it... 2-3 tablets, pain-free"
+    )  # dashes as the rules write them
 
 
 def test_mixed_case():

@@ -116,6 +116,26 @@ def test_no_unsafe_answer_is_ever_shown_while_streaming(tokenizer, tiny_chat):
         assert not re.search(r"\d", before), (text, before)  # no dose fragment ("Take 2000 mg of ...")
 
 
+def test_chat_reads_the_answers_doses_with_the_question(tokenizer, tiny_chat):
+    """The tablet strength the patient named multiplies the answer's count on every surface:
+    "take 3 tablets four times a day" is 4.8 g of ibuprofen with the question's 400 mg tablets,
+    and a harmless count stays harmless."""
+    _, _, cfg = tiny_chat
+    long = cfg.replace(gen_max_length=2000)
+    question = "I have 400 mg ibuprofen tablets for my back, how many can I take?"
+    for answer, unsafe in (("Take 3 tablets four times a day with food.", True),
+                           ("Take 1 tablet three times a day with food.", False)):  # fmt: skip
+        assert check_answer(answer, model=False).safe  # alone, the count names no strength
+        reply = respond(ScriptedModel(tokenizer, answer), tokenizer, long, question, max_new_tokens=2000)
+        stream = respond_stream(
+            ScriptedModel(tokenizer, answer), tokenizer, long, question, max_new_tokens=2000
+        )
+        "".join(stream)
+        for r in (reply, stream.reply):
+            assert ("answer.dose_over_max" in {f.code for f in r.flags}) is unsafe, (answer, r.flags)
+            assert (r.answer == answer) is not unsafe  # rewritten, or shown as generated
+
+
 def test_stream_triage_and_history(tokenizer, tiny_chat):
     _, _, cfg = tiny_chat
     model = ScriptedModel(tokenizer, "Call an ambulance now.")
