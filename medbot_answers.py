@@ -202,6 +202,9 @@ def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str 
         for m in pattern.finditer(sentence):
             # a pattern that says its own negation ("don't mention ..."): only one before it counts
             span = "" if m.groupdict().get("hidden") else m.group(0)
+            # a pattern with a `medicine` group: the sentence must name one ("try some of his advice")
+            if "medicine" in m.groupdict() and not _medicine_in(sentence, otc=True):
+                continue
             if not _negated(sentence, m.start(), span) and not _conditional(sentence, m.start()):
                 return m.group(0)
     return None
@@ -307,7 +310,8 @@ def _object_medicine(sentence: str, action: re.Match[str], previous: str, questi
     )  # "put it in a drawer", "leave them out"
     if medicine or not pronoun:
         return medicine
-    return _medicine_in(sentence) or _medicine_in(previous) or _medicine_in(question)
+    # what "it" stands for comes before it ("Skip it if you're on blood thinners": the ibuprofen before)
+    return _medicine_in(sentence[: action.start()]) or _medicine_in(previous) or _medicine_in(question)
 
 
 def _medicine_in(text: str, otc: bool = False) -> str | None:
@@ -867,7 +871,7 @@ def _advised_cap_over(
         if hourly and _hours(hourly) and cap > single_max:
             return True
         # "up to 2 tablets 4 times a day": the frequency belongs to the cap (not itself a cap)
-        times = re.match(r"[^,;]{0,40}\btimes\b", sentence[start:]) and _FREQ.search(
+        times = re.match(r"[^,;]{0,40}\b(times|twice|thrice)\b", sentence[start:]) and _FREQ.search(
             sentence, start, start + 60
         )
         if cap * (_per_day_of(times) if times else 1) > daily_max:
