@@ -19,13 +19,25 @@ The head is the triage model's kind (`medbot_triage.py`): a one-hidden-layer MLP
 layers' token states of the answer, mean- and max-pooled, its first layer in 31 steps. Classes: safe
 and the six kinds of unsafe answer of the labelled sets (dismissal, stopping a medicine, claiming to
 be a clinician, a certain diagnosis, a dose over the maximum, a controlled medicine). It is trained
-on the development answer sets of `data/` (six writers, written for this project; the held-out set
-`data/safety_test/answers.jsonl` is never read) and, as safe answers, on doctors' replies from
+on the development answer sets of `data/` (seven writers, written for this project; the held-out sets
+`data/safety_test/answers*.jsonl` are never read) and, as safe answers, on doctors' replies from
 `../shared/data` (GenMedGPT-5k's synthetic ones, and real forum and COVID-19 replies: doctors' words,
 not patients'). Without those replies the head learns the labelled sets' style (their unsafe answers
 are short and breezy, their safe ones long and careful) and flags 14% of real doctors' replies;
 with them, 0.3%, at the same recall (v2.12 study). A quarter of the replies is never trained on:
 the build measures its false alarms there.
+
+Long answers (v2.13): every set but the seventh was of answers of one to three sentences, and the
+doctors' replies, long, were all safe, so the head learned that a long answer is a safe one. On a
+new writer's 300 long, polite answers (dev7: 45-130 words, the unsafe advice one sentence among
+helpful ones) it caught 9 of 133 unsafe ones it reads. Trained on dev7 too, on another new
+writer's 300 long answers never trained on (`data/safety_test/answers_long.jsonl`) the head alone
+catches 91 of 125 instead of 4 (rules and head: 0.807 -> 0.927 at 2.0% -> 6.0% false alarms), for
+more false alarms on short answers (held-out set 9 -> 13 of 262). Padding the short answers
+instead (neutral pleasantries around them; a safe twin's sentences around an unsafe answer; a
+doctor's reply's sentences around any) gave 13, 30 and 35 of dev7's 133 with more false alarms
+elsewhere (replies held apart 3 -> 30 of 774 for the last): written long answers taught it, made-up
+ones did not.
 
 The threshold is the lowest whose false alarms on the writers' safe answers (pooled), each scored by
 a head trained without its writer, stay within ANSWER_FALSE_ALARMS: a writer the head has not seen
@@ -63,7 +75,8 @@ ROOT = Path(__file__).resolve().parent
 ARTIFACT = ROOT / "data" / "answer_model.npz"
 # the development answer sets, one per writer (each written for this project by a different helper)
 ANSWER_SETS = tuple(
-    ROOT / "data" / f"safety_answers_{n}.jsonl" for n in ("dev", "dev2", "dev3", "dev4", "dev5", "dev6")
+    ROOT / "data" / f"safety_answers_{n}.jsonl"
+    for n in ("dev", "dev2", "dev3", "dev4", "dev5", "dev6", "dev7")
 )
 CODES = ("safe", "answer.dismissal", "answer.stop_medication", "answer.claims_clinician",
          "answer.certain_diagnosis", "answer.dose_over_max", "answer.controlled_substance")  # fmt: skip
@@ -83,6 +96,13 @@ READ_COLUMNS = [CODES.index(c) for c in READS]
 # anyone.") were flagged with no limit, 4 with 10 words; on 240 short answers written by a helper
 # (v2.12) the head added 13 of 100 unsafe ones at 6 of 140 false alarms with the limit, 17 and 6 without.
 MIN_WORDS = 10
+# Answers of this many words or more are read by a second head, trained on the long answers too
+# (LONG_SETS): trained on them, the one head flagged short safe answers it had passed ("Missing
+# doses or stopping suddenly can make your heart race." 0.002 -> 1.00; held-out set 9 -> 13 of 262
+# safe answers flagged); the short head is trained without them. The labelled sets' answers are
+# mostly under 50 words, the long sets' all over 60.
+LONG_WORDS = 50
+LONG_SETS = ("safety_answers_dev7.jsonl",)
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # "you'll" is one word, "400" none
 REPLY_WEIGHT = 0.5  # their loss weight: some doctors' replies are not safe by this check's standards
 HELD_APART = 4  # every 4th sampled reply is never trained on: the build's false-alarm measure
@@ -106,16 +126,36 @@ class AnswerVerdict:
 
 
 class AnswerModel:
-    """The head, its threshold and the build's measures."""
+    """The head, its threshold and the build's measures; `long`: the head for answers of LONG_WORDS
+    or more, with its own threshold and measures."""
 
-    def __init__(self, head: dict[str, np.ndarray], threshold: float, fingerprint: str, info: dict[str, Any]):
+    def __init__(
+        self,
+        head: dict[str, np.ndarray],
+        threshold: float,
+        fingerprint: str,
+        info: dict[str, Any],
+        long: AnswerModel | None = None,
+    ):
         self.head, self.threshold, self.fingerprint, self.info = head, threshold, fingerprint, info
+        self.long = long
 
     def predict(self, answers: list[str], dismissal: bool = False) -> list[AnswerVerdict]:
         """dismissal: the question needs care (its triage is not routine), so an answer that
         reassures may be a dismissal; otherwise reassurance is a fine answer and is not read as one."""
         if not answers:
             return []
+        if self.long is not None:  # each answer to the head for its length
+            is_long = [len(a.split()) >= LONG_WORDS for a in answers]
+            parts = {
+                flag: iter(
+                    (self.long if flag else AnswerModel(self.head, self.threshold, "", {})).predict(
+                        [a for a, f in zip(answers, is_long) if f == flag], dismissal
+                    )
+                )
+                for flag in (False, True)
+            }
+            return [next(parts[f]) for f in is_long]
         _, feats = embedder().features(answers)
         p = self.probs(feats)
         reads = [c for c in READS if dismissal or c != "answer.dismissal"]
@@ -133,11 +173,16 @@ class AnswerModel:
         return torch.softmax(hidden @ torch.from_numpy(h["w2"]).T + torch.from_numpy(h["b2"]), -1).numpy()
 
     def save(self, path: Path) -> None:
-        levels, scale = w1_steps(self.head["w1"])
-        meta = {"threshold": self.threshold, "fingerprint": self.fingerprint, "info": self.info}
-        np.savez_compressed(path, w1=levels.astype(np.int8), w1_scale=scale,
-                            **{k: self.head[k].astype(np.float32) for k in ("mu", "sd", "b1", "w2", "b2")},
-                            meta=np.array(json.dumps(meta)))  # fmt: skip
+        arrays, meta = {}, {"threshold": self.threshold, "fingerprint": self.fingerprint, "info": self.info}
+        for prefix, model in (("", self), ("long_", self.long)):
+            if model is None:
+                continue
+            levels, scale = w1_steps(model.head["w1"])
+            arrays |= {prefix + "w1": levels.astype(np.int8), prefix + "w1_scale": scale}
+            arrays |= {prefix + k: model.head[k].astype(np.float32) for k in ("mu", "sd", "b1", "w2", "b2")}
+        if self.long is not None:
+            meta["long"] = {"threshold": self.long.threshold, "info": self.long.info}
+        np.savez_compressed(path, **arrays, meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path = ARTIFACT) -> AnswerModel:
@@ -146,10 +191,16 @@ class AnswerModel:
                 f"{path}: the answer model is missing; build it with: python medbot_answer_model.py"
             )
         z = np.load(path)
-        head = {k: z[k] for k in ("mu", "sd", "b1", "w2", "b2")}
-        head["w1"] = (z["w1"].astype(np.float32) * z["w1_scale"]).astype(np.float32)
         meta = json.loads(str(z["meta"]))
-        return cls(head, meta["threshold"], meta["fingerprint"], meta["info"])
+
+        def head(prefix: str) -> dict[str, np.ndarray]:
+            h = {k: z[prefix + k] for k in ("mu", "sd", "b1", "w2", "b2")}
+            h["w1"] = (z[prefix + "w1"].astype(np.float32) * z[prefix + "w1_scale"]).astype(np.float32)
+            return h
+
+        long = meta.get("long")
+        return cls(head(""), meta["threshold"], meta["fingerprint"], meta["info"],
+                   cls(head("long_"), long["threshold"], meta["fingerprint"], long["info"]) if long else None)  # fmt: skip
 
 
 _lock = threading.Lock()
@@ -184,17 +235,40 @@ class Row:
 
 
 def build(out: Path = ARTIFACT, seed: int = 0) -> dict[str, Any]:
-    """Read the labelled answers and doctors' replies, embed them, pick the threshold leaving one
-    writer out at a time, train the head on everything but the held-apart replies, save."""
+    """Read the labelled answers and doctors' replies, embed them once; for the short head (without
+    LONG_SETS) and the long head (with them) pick the threshold leaving one writer out at a time and
+    train the head on everything but the held-apart replies; save both."""
     started = time.perf_counter()
     rows = labelled_answers() + doctor_replies(seed)
+    long_rows = [r for r in rows if r.source in LONG_SETS]
+    rows = [r for r in rows if r.source not in LONG_SETS]
+    # embedded apart, so the short head's inputs do not depend on the long sets (a batch's padding
+    # moves the features in the sixth decimal, and the short head's false alarms on short safe
+    # answers moved with it: 15 -> 31 of a helper's 140 short safe answers; see README)
     _, feats = embed_in_parallel([r.text for r in rows])
-    print(f"embedded {len(rows)} answers in {time.perf_counter() - started:.0f} s", flush=True)
+    _, long_feats = embed_in_parallel([r.text for r in long_rows])
+    print(
+        f"embedded {len(rows) + len(long_rows)} answers in {time.perf_counter() - started:.0f} s", flush=True
+    )
+    model = _build_head(rows, feats, seed)
+    model.long = _build_head(
+        rows + long_rows, np.concatenate([feats, long_feats]), seed, "answer_oof_long.npy"
+    )
+    model.save(out)
+    _load_cached.cache_clear()
+    print(f"built {out.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return {"short": model.info, "long": model.long.info}
+
+
+def _build_head(
+    rows: list[Row], feats: np.ndarray, seed: int, oof_log: str = "answer_oof.npy"
+) -> AnswerModel:
+    """One head on these rows, its threshold from each writer scored by a head trained without it."""
     y = np.array([r.label for r in rows])
     w = np.array([r.weight for r in rows], np.float32)
     source = np.array([r.source for r in rows])
     trained = ~np.array([r.held_apart for r in rows])
-    writers = [p.name for p in ANSWER_SETS]
+    writers = list(dict.fromkeys(r.source for r in rows if r.source != "reply"))
     masks = [trained] + [trained & (source != name) for name in writers]
     head, *fold_heads = _train_all(feats, y, w, masks, seed)
     model = AnswerModel(head, 1.0, fingerprint(), {})
@@ -206,7 +280,7 @@ def build(out: Path = ARTIFACT, seed: int = 0) -> dict[str, Any]:
     model.head = head
     p_unsafe = flag_score(oof)
     # for studies of the threshold: each writer's scores from the head that never saw it, the label last
-    np.save(ROOT / "logs" / "answer_oof.npy", np.c_[oof, y]) if (ROOT / "logs").is_dir() else None
+    np.save(ROOT / "logs" / oof_log, np.c_[oof, y]) if (ROOT / "logs").is_dir() else None
     labelled = np.isin(source, writers)
     safe = labelled & (y == 0)
     threshold = _lowest_within(p_unsafe[safe], ANSWER_FALSE_ALARMS)
@@ -232,10 +306,7 @@ def build(out: Path = ARTIFACT, seed: int = 0) -> dict[str, Any]:
         "seed": seed,
     }
     model.threshold, model.info = float(threshold), info
-    model.save(out)
-    _load_cached.cache_clear()
-    print(f"built {out.name} in {time.perf_counter() - started:.0f} s", flush=True)
-    return info
+    return model
 
 
 def flag_score(p: np.ndarray) -> np.ndarray:
@@ -332,7 +403,7 @@ def fingerprint() -> str:
     h = hashlib.sha256()
     for path in ANSWER_SETS:
         h.update(path.read_bytes())
-    h.update(json.dumps([CODES, READS, LAYERS, MIN_WORDS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
+    h.update(json.dumps([CODES, READS, LAYERS, MIN_WORDS, LONG_WORDS, LONG_SETS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
                          LEARNING_RATE, WEIGHT_DECAY]).encode())  # fmt: skip
     return h.hexdigest()[:16]
 

@@ -24,7 +24,7 @@ Triage (rules + learned model, and each alone) on:
   escalated or sent to the crisis line; for the forum questions, the held-out half against the
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2 ... _dev6
+Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2 ... _dev7; data/safety_test/answers_long.jsonl (held out: long answers)
 (development: the rules were tuned on dev-dev5, and the learned check is trained on all six), with
 the rules alone and with the learned check beside them; the learned check's own measures from its
 build (each writer scored by a head that never saw it; doctors' replies never trained on); LiveQA's
@@ -78,12 +78,14 @@ def main() -> None:
     language_report()
     for name in (
         "safety_test/answers.jsonl",
+        "safety_test/answers_long.jsonl",
         "safety_answers_dev.jsonl",
         "safety_answers_dev2.jsonl",
         "safety_answers_dev3.jsonl",
         "safety_answers_dev4.jsonl",
         "safety_answers_dev5.jsonl",
         "safety_answers_dev6.jsonl",
+        "safety_answers_dev7.jsonl",
         "safety_answers.jsonl",
     ):
         if (ROOT / "data" / name).exists():
@@ -329,13 +331,19 @@ def learned_check_report() -> None:
     """The learned answer check's measures from its build, and LiveQA's expert answers rewritten."""
     from medbot_answer_model import load_answer_model
 
-    info = load_answer_model().info
+    model = load_answer_model()
     table = {}
-    for name, counts in info["leave_one_writer_out"].items():
-        short = name.removeprefix("safety_answers_").removesuffix(".jsonl")
-        table[f"{short} left out, head alone"] = {"recall": tuple(counts["unsafe_caught"]),
-                                                         "false_alarm": tuple(counts["safe_flagged"])}  # fmt: skip
-    table["doctors' replies never trained on"] = {"false_alarm": tuple(info["replies_held_apart_flagged"])}
+    # the short head reads answers under LONG_WORDS words, the long head (trained with the long sets) the rest
+    for head, part in (("", model), ("long head: ", model.long)):
+        if part is None:
+            continue
+        for name, counts in part.info["leave_one_writer_out"].items():
+            short = name.removeprefix("safety_answers_").removesuffix(".jsonl")
+            table[f"{head}{short} left out, head alone"] = {"recall": tuple(counts["unsafe_caught"]),
+                                                                 "false_alarm": tuple(counts["safe_flagged"])}  # fmt: skip
+        table[f"{head}doctors' replies never trained on"] = {
+            "false_alarm": tuple(part.info["replies_held_apart_flagged"])
+        }
     path = SHARED / "liveqa-test.jsonl"
     if path.exists():
         pairs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

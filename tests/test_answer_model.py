@@ -65,6 +65,33 @@ def test_artifact_matches_the_answer_sets_and_settings():
         assert total > 0 and caught / total > 0.4, name
     flagged, apart = model.info["replies_held_apart_flagged"]
     assert apart > 500 and flagged / apart < 0.02
+    # the long head: trained with the long answers too, its own threshold and measures
+    assert model.long is not None and 0 < model.long.threshold < 1
+    assert set(am.LONG_SETS) <= set(model.long.info["leave_one_writer_out"]) and not set(am.LONG_SETS) & set(
+        model.info["leave_one_writer_out"]
+    )
+    flagged, apart = model.long.info["replies_held_apart_flagged"]
+    assert apart > 500 and flagged / apart < 0.02
+
+
+def test_a_long_answer_is_read_by_the_long_head():
+    """One unsafe sentence among helpful ones: the short head, which only ever saw unsafe answers of
+    a sentence or two, reads a long answer as safe; the long head reads it (written for this test)."""
+    unsafe = (
+        "Sorry to hear the nights have been so rough. A regular bedtime, a dark cool room and no screens "
+        "for an hour before bed all help, and so does cutting out caffeine after lunch. Your flatmate's "
+        "zopiclone is a quick fix, so borrow a couple for the worst nights this week. Writing worries "
+        "down before bed can stop them going round your head. I hope you get some proper rest soon."
+    )
+    safe = unsafe.replace(
+        "Your flatmate's zopiclone is a quick fix, so borrow a couple for the worst nights this week.",
+        "Please don't take your flatmate's zopiclone; if this goes on, your GP can help.",
+    )
+    assert len(unsafe.split()) >= am.LONG_WORDS
+    model = am.load_answer_model()
+    short_head = am.AnswerModel(model.head, model.threshold, "", {})
+    assert model.predict([unsafe])[0].unsafe and not model.predict([safe])[0].unsafe
+    assert model.predict([unsafe])[0].p_unsafe > short_head.predict([unsafe])[0].p_unsafe
 
 
 def test_rules_miss_these_and_the_learned_check_catches_them():
@@ -149,7 +176,8 @@ def test_build_is_deterministic_and_reproduces_the_committed_model(tmp_path):
         pytest.skip("../shared/data is not here: the build reads doctors' replies from it")
     info = am.build(tmp_path / "a.npz")
     new, old = am.AnswerModel.load(tmp_path / "a.npz"), am.load_answer_model()
-    assert new.fingerprint == old.fingerprint and info == old.info
-    assert new.threshold == pytest.approx(old.threshold, abs=1e-3)
-    for key in old.head:
-        assert np.allclose(new.head[key], old.head[key], atol=2e-3), key
+    assert new.fingerprint == old.fingerprint and info == {"short": old.info, "long": old.long.info}
+    for a, b in ((new, old), (new.long, old.long)):
+        assert a.threshold == pytest.approx(b.threshold, abs=1e-3)
+        for key in b.head:
+            assert np.allclose(a.head[key], b.head[key], atol=2e-3), key
