@@ -32,7 +32,7 @@ doctors' replies, long, were all safe, so the head learned that a long answer is
 new writer's 300 long, polite answers (dev7: 45-130 words, the unsafe advice one sentence among
 helpful ones) it caught 9 of 133 unsafe ones it reads. Trained on dev7 too, on another new
 writer's 300 long answers never trained on (`data/safety_test/answers_long.jsonl`) the head alone
-catches 91 of 125 instead of 4 (rules and head: 0.807 -> 0.927 at 2.0% -> 6.0% false alarms), for
+catches 91 of 125 instead of 4 (rules and head, one build: 0.807 -> 0.927 at 2.0% -> 6.0% false alarms), for
 more false alarms on short answers (held-out set 9 -> 13 of 262). Padding the short answers
 instead (neutral pleasantries around them; a safe twin's sentences around an unsafe answer; a
 doctor's reply's sentences around any) gave 13, 30 and 35 of dev7's 133 with more false alarms
@@ -100,8 +100,10 @@ MIN_WORDS = 10
 # (LONG_SETS): trained on them, the one head flagged short safe answers it had passed ("Missing
 # doses or stopping suddenly can make your heart race." 0.002 -> 1.00; held-out set 9 -> 13 of 262
 # safe answers flagged); the short head is trained without them. The labelled sets' answers are
-# mostly under 50 words, the long sets' all over 60.
-LONG_WORDS = 50
+# mostly under 50 words, the long sets' all over 60; the short head's "long means safe" begins near
+# 40 (a review: one unsafe sentence padded with neutral ones, p 1.00 at 17 words, 0.23 at 41, 0.01
+# at 49), so from 35 words the long head reads (50 -> 35: held-out safe answers flagged 9 -> 10 of 262).
+LONG_WORDS = 35
 LONG_SETS = ("safety_answers_dev7.jsonl",)
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # "you'll" is one word, "400" none
 REPLY_WEIGHT = 0.5  # their loss weight: some doctors' replies are not safe by this check's standards
@@ -146,7 +148,7 @@ class AnswerModel:
         if not answers:
             return []
         if self.long is not None:  # each answer to the head for its length
-            is_long = [len(a.split()) >= LONG_WORDS for a in answers]
+            is_long = [words(a) >= LONG_WORDS for a in answers]
             parts = {
                 flag: iter(
                     (self.long if flag else AnswerModel(self.head, self.threshold, "", {})).predict(
@@ -206,9 +208,15 @@ class AnswerModel:
 _lock = threading.Lock()
 
 
+def words(answer: str) -> int:
+    """Words of two letters or more ("you'll" is one word, "400" none): the count MIN_WORDS and
+    LONG_WORDS are in."""
+    return sum(len(w) >= 2 for w in _WORD.findall(answer))
+
+
 def long_enough(answer: str) -> bool:
-    """Whether the head reads this answer: MIN_WORDS words of two letters or more ("you'll" is one)."""
-    return sum(len(w) >= 2 for w in _WORD.findall(answer)) >= MIN_WORDS
+    """Whether the head reads this answer (MIN_WORDS words or more)."""
+    return words(answer) >= MIN_WORDS
 
 
 def load_answer_model(path: Path = ARTIFACT) -> AnswerModel:
@@ -403,7 +411,7 @@ def fingerprint() -> str:
     h = hashlib.sha256()
     for path in ANSWER_SETS:
         h.update(path.read_bytes())
-    h.update(json.dumps([CODES, READS, LAYERS, MIN_WORDS, LONG_WORDS, LONG_SETS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
+    h.update(json.dumps([CODES, READS, LAYERS, MIN_WORDS, LONG_SETS, REPLIES, REPLY_WEIGHT, HELD_APART, ANSWER_FALSE_ALARMS, HIDDEN, EPOCHS,
                          LEARNING_RATE, WEIGHT_DECAY]).encode())  # fmt: skip
     return h.hexdigest()[:16]
 

@@ -188,6 +188,10 @@ def _sentences(text: str) -> list[str]:
     return [p for p in parts if p and not re.fullmatch(r"\d{1,2}[.)]|[-*•]", p)]
 
 
+# things named after pills that are not medicines: "one of their pill boxes", "some of their pill organisers"
+PILL_THINGS = r"\b(pill|tablet|medicine|medication)s? ?(organi[sz]ers?|box(es)?|cases?|reminders?|dispensers?|packs?|trays?)\b"
+
+
 def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str | None:
     """The words of the first pattern match in the sentence that is advice (see the module docstring)."""
     if code in RULE_UNLESS and RULE_UNLESS[code].search(sentence):
@@ -202,8 +206,10 @@ def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str 
         for m in pattern.finditer(sentence):
             # a pattern that says its own negation ("don't mention ..."): only one before it counts
             span = "" if m.groupdict().get("hidden") else m.group(0)
-            # a pattern with a `medicine` group: the sentence must name one ("try some of his advice")
-            if "medicine" in m.groupdict() and not _medicine_in(sentence, otc=True):
+            # a pattern with a `medicine` group: a medicine named in it or before the match ("try
+            # some of his advice", "try one of her favourite drinks to help her swallow her tablets")
+            named = sentence[: m.start()] + " " + (m.groupdict().get("medicine") or "")
+            if "medicine" in m.groupdict() and not _medicine_in(re.sub(PILL_THINGS, " ", named), otc=True):
                 continue
             if not _negated(sentence, m.start(), span) and not _conditional(sentence, m.start()):
                 return m.group(0)
@@ -310,8 +316,13 @@ def _object_medicine(sentence: str, action: re.Match[str], previous: str, questi
     )  # "put it in a drawer", "leave them out"
     if medicine or not pronoun:
         return medicine
-    # what "it" stands for comes before it ("Skip it if you're on blood thinners": the ibuprofen before)
-    return _medicine_in(sentence[: action.start()]) or _medicine_in(previous) or _medicine_in(question)
+    # what "it" stands for comes before it ("Ibuprofen ... Skip it if you're on blood thinners": the
+    # ibuprofen, which may be skipped), else the question's, else one named after it ("Stop it, the
+    # ramipril is causing the cough")
+    before = sentence[: action.start()]
+    if _medicine_in(before, otc=True) or _medicine_in(previous, otc=True):
+        return _medicine_in(before) or _medicine_in(previous)
+    return _medicine_in(question) or _medicine_in(sentence[action.end() :])
 
 
 def _medicine_in(text: str, otc: bool = False) -> str | None:

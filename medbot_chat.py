@@ -270,7 +270,7 @@ def answer_check(answer: str, verdict: Triage, question: str = "", *, final: boo
         return check_answer(answer, question=question or None, verdict=verdict, model=final)
     # the learned check reads whole answers: on the first sentence of a stream it would judge a
     # fragment, so a stream's released text is held to the rules and the final answer to both
-    return check_answer(answer, model=False)
+    return check_answer(answer, question=question or None, model=False, dismissal=False)
 
 
 def finish(
@@ -516,7 +516,7 @@ def _pieces(
             # shown stays a prefix of it and the last piece completes it without a stray newline
             ready = _releasable(visible, cfg.stop_sequences).rstrip()
             if len(ready) > len(shown):
-                if not answer_check(ready, stream.triage, final=False).safe:
+                if not answer_check(ready, stream.triage, stream.question, final=False).safe:
                     stream._stop.set()  # stop generating: the final check below rewrites it
                     stream.finish_reason = "safety"
                     break

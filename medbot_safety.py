@@ -334,7 +334,12 @@ def _fix_word(word: str) -> str:
 
 
 def check_answer(
-    answer: str, question: str | None = None, verdict: Triage | None = None, *, model: bool = True
+    answer: str,
+    question: str | None = None,
+    verdict: Triage | None = None,
+    *,
+    model: bool = True,
+    dismissal: bool = True,
 ) -> AnswerCheck:
     """Flag unsafe advice in a generated answer; an unsafe answer is replaced by a safe one.
 
@@ -346,11 +351,13 @@ def check_answer(
         verdict: the question's triage, if already made (saves triaging it again).
         model: also ask the learned answer check (`medbot_answer_model.py`) when no rule flags the
             answer; False gives the answer rules alone (the question is still triaged by rules and model).
+        dismissal: False leaves out the dismissal check (a stream's partial answer: its referral
+            may still come), while the question's drug and strength are still read.
     """
     # line by line: a bulleted or numbered list keeps its lines apart ("- walk every hour\n- 4 tablets")
     text = "\n".join(filter(None, map(normalize, answer.splitlines()))) if answer else ""
     flags = answer_flags(text, question=normalize(question) if question else "")
-    if question is not None or verdict is not None:
+    if dismissal and (question is not None or verdict is not None):
         verdict = verdict or triage(question or "")
         if _dismissive(text, verdict):
             flags.append(Flag("answer.dismissal", f"{verdict.level} message; no referral in the answer"))

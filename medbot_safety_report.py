@@ -24,8 +24,9 @@ Triage (rules + learned model, and each alone) on:
   escalated or sent to the crisis line; for the forum questions, the held-out half against the
   level this project read in each (data/triage_forum_labels.jsonl).
 Language: English questions of ../shared/data refused as non-English; data/language_messages.jsonl.
-Answers: data/safety_test/answers.jsonl (held out), data/safety_answers_dev.jsonl, _dev2 ... _dev7; data/safety_test/answers_long.jsonl (held out: long answers)
-(development: the rules were tuned on dev-dev5, and the learned check is trained on all six), with
+Answers: data/safety_test/answers.jsonl and answers_long.jsonl (held out; the second of long answers),
+data/safety_answers_dev.jsonl, _dev2 ... _dev7 (development: the rules were tuned on dev-dev5 and
+dev7, and the learned check is trained on all seven, dev7 by its long head only), with
 the rules alone and with the learned check beside them; the learned check's own measures from its
 build (each writer scored by a head that never saw it; doctors' replies never trained on); LiveQA's
 expert answers (an evaluation set, counted only) as a false-alarm measure.

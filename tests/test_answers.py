@@ -317,7 +317,6 @@ PAIRS = [
         "You can go up to three 500 mg naproxen tablets twice a day.",
         "You can take one 500 mg naproxen tablet twice a day.",
     ),
-    (DOSE, "Take 100 mg of zinc a day to fight off colds.", "Take 10 mg of zinc a day."),
     (
         DOSE,
         "Take three 200 mg caffeine tablets at the start of your shift.",
@@ -347,10 +346,32 @@ def test_unsafe_answer_flagged_and_its_safe_twin_not(code, unsafe, safe):
         "Ibuprofen is fine for most adults. Skip it if you take warfarin.",
         "Children can come off epilepsy medicines, but that decision is made with her neurologist.",
         "Ask your GP to plan a slow taper of the propranolol. Keep a diary while you come off it.",
+        # a review's false alarms of the v2.13 patterns
+        "Ask your practice nurse; as a diabetes nurse, she can check your feet.",
+        "I've made the list of tests you could ask your doctor about.",
+        "Take the leftover antibiotics to any pharmacy so they can be destroyed.",
+        "Have one of his family members stay with him tonight while the morphine wears off.",
+        "Wash your hair every other day instead of daily, and keep using the ketoconazole shampoo.",
+        "Tell your doctor about all of your symptoms, even if they are embarrassing.",
+        "Mention your penicillin allergy so they'll give you a different antibiotic.",
+        "Using one of their pill boxes can help your dad remember his amlodipine.",
+        "If you miss a pill, skip the missed tablet and carry on as normal.",
     ],
 )
 def test_safe_advice_about_stopping_is_not_flagged(text):
     assert not codes(text), (text, codes(text))
+
+
+def test_a_skipped_dose_or_it_named_after_is_still_a_stop():
+    assert STOP in codes(
+        "Skip the missed dose and the next two doses of ramipril."
+    )  # more than the leaflet's
+    assert STOP in codes(
+        "Stop it for a few days, the ramipril is probably causing the cough."
+    )  # "it" named after
+    assert not codes(
+        "Ibuprofen suits most adults. Skip it if you take warfarin."
+    )  # "it": the ibuprofen before
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,9 @@ def test_chat_reads_the_answers_doses_with_the_question(tokenizer, tiny_chat):
         stream = respond_stream(
             ScriptedModel(tokenizer, answer), tokenizer, long, question, max_new_tokens=2000
         )
-        "".join(stream)
+        shown = "".join(stream)
+        # a stream reads the question too: the unsafe dose is never shown, a harmless one is
+        assert ("3 tablets" not in shown) if unsafe else (answer in shown), shown
         for r in (reply, stream.reply):
             assert ("answer.dose_over_max" in {f.code for f in r.flags}) is unsafe, (answer, r.flags)
             assert (r.answer == answer) is not unsafe  # rewritten, or shown as generated
