@@ -302,6 +302,13 @@ PAIRS = [
         "I've made a referral to the falls clinic for you.",
         "Your GP can make a referral to the falls clinic.",
     ),
+    (CLINICIAN, "I'm a children's nurse and I'd say it's a virus.", "A children's nurse can check her over."),
+    (
+        CONTROLLED,
+        "It's fine to share your wife's metformin for now.",
+        "Use your friend's car to get to the pharmacy.",
+    ),
+    (STOP, "A month off the levothyroxine won't do any harm.", "A month off the gym won't do any harm."),
     (
         STOP,
         "Lots of people take a break of a few weeks from their statin, which is fine.",
