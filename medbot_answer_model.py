@@ -1,7 +1,7 @@
 """The learned answer check beside the answer rules: reads a generated answer and says whether it
 reads like unsafe advice, and which kind.
 
-    python medbot_answer_model.py          # build data/answer_model.npz (deterministic, ~2.5 min on 2 CPU cores)
+    python medbot_answer_model.py          # build data/answer_model.npz (deterministic, ~3.5 min on 2 CPU cores)
 
     from medbot_answer_model import load_answer_model
     verdict = load_answer_model().predict(["Yes, two of your tablets should sort her cramps out."])[0]
@@ -45,7 +45,7 @@ is what it will meet (per writer the share differs: the build prints each). The 
 so one unsafe sentence among polite ones is diluted: a closing pleasantry added to 100 short unsafe
 answers let 22 more through (93 -> 71 caught, rules and head); reading runs of sentences too caught
 them but flagged 46 of the held-out set's 262 safe answers instead of 9, so it was not taken.
-The artifact (about 205 kB, no outside text) is committed; its fingerprint names the answer files
+The artifact (about 409 kB for both heads, no outside text) is committed; its fingerprint names the answer files
 and settings it was built from, and a test checks that it matches them.
 """
 
