@@ -147,17 +147,17 @@ class AnswerModel:
         reassures may be a dismissal; otherwise reassurance is a fine answer and is not read as one."""
         if not answers:
             return []
-        if self.long is not None:  # each answer to the head for its length
-            is_long = [words(a) >= LONG_WORDS for a in answers]
-            parts = {
-                flag: iter(
-                    (self.long if flag else AnswerModel(self.head, self.threshold, "", {})).predict(
-                        [a for a, f in zip(answers, is_long) if f == flag], dismissal
-                    )
-                )
-                for flag in (False, True)
-            }
-            return [next(parts[f]) for f in is_long]
+        if self.long is None:
+            return self._read(answers, dismissal)
+        is_long = [words(a) >= LONG_WORDS for a in answers]  # each answer to the head for its length
+        short = iter(self._read([a for a, f in zip(answers, is_long) if not f], dismissal))
+        long = iter(self.long._read([a for a, f in zip(answers, is_long) if f], dismissal))
+        return [next(long if f else short) for f in is_long]
+
+    def _read(self, answers: list[str], dismissal: bool) -> list[AnswerVerdict]:
+        """This head's verdicts (without routing by length)."""
+        if not answers:
+            return []
         _, feats = embedder().features(answers)
         p = self.probs(feats)
         reads = [c for c in READS if dismissal or c != "answer.dismissal"]

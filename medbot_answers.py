@@ -188,8 +188,7 @@ def _sentences(text: str) -> list[str]:
     return [p for p in parts if p and not re.fullmatch(r"\d{1,2}[.)]|[-*•]", p)]
 
 
-# things named after pills that are not medicines: "one of their pill boxes", "some of their pill organisers"
-PILL_THINGS = r"\b(pill|tablet|medicine|medication)s? ?(organi[sz]ers?|box(es)?|cases?|reminders?|dispensers?|packs?|trays?)\b"
+PILL_THINGS = re.compile(ANSWERS["pill_things"])
 
 
 def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str | None:
@@ -209,7 +208,7 @@ def _rule_hit(code: str, patterns: list[re.Pattern[str]], sentence: str) -> str 
             # a pattern with a `medicine` group: a medicine named in it or before the match ("try
             # some of his advice", "try one of her favourite drinks to help her swallow her tablets")
             named = sentence[: m.start()] + " " + (m.groupdict().get("medicine") or "")
-            if "medicine" in m.groupdict() and not _medicine_in(re.sub(PILL_THINGS, " ", named), otc=True):
+            if "medicine" in m.groupdict() and not _medicine_in(PILL_THINGS.sub(" ", named), otc=True):
                 continue
             if not _negated(sentence, m.start(), span) and not _conditional(sentence, m.start()):
                 return m.group(0)
