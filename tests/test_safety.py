@@ -148,6 +148,26 @@ def test_a_rule_word_inside_another_word_does_not_match():
     assert "emergency.unconscious_seizure" in codes("my son is convulsing and won't wake up")
 
 
+def test_a_seizure_that_goes_on_or_repeats_is_an_emergency_and_fits_that_recur_are_not():
+    """NHS: call 999 for a seizure lasting over 5 minutes, or seizures one after another."""
+    for text in (
+        "seizure has been going 6 minutes and isn't stopping",
+        "his fit has lasted more than five minutes",
+        "my daughter's seizure won't stop",
+        "she is having seizures one after the other",
+        "he had another fit without waking up in between",
+    ):
+        assert "emergency.unconscious_seizure" in codes(text), text
+    for text in (
+        "the fit lasted 2 minutes and she is fine now",
+        "my seizures haven't stopped since I changed my meds",  # how often, not one going on
+        "his seizure medication doesn't stop the auras",
+        "my seizure hasn't stopped me driving",
+        "I'm fit for work after 6 minutes of stretching",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
 def test_a_head_injury_with_a_red_flag_is_an_emergency_and_a_bump_is_not():
     for text in (
         "my toddler fell off the sofa and hit his head, he has been sick twice",
