@@ -95,6 +95,7 @@ KNOWN_CONDITION, KNOWN_DOUBT = _rx("known_condition"), _rx("known_doubt")
 CERTAINTY = re.compile(rf"\b(?:{_expand(ANSWERS['certainty'])})")
 MEDICINE_WORDS = re.compile(rf"\b(?:{ANSWERS['medicine_words']})\b")
 OVER_THE_COUNTER = re.compile(rf"\b(?:{ANSWERS['over_the_counter']})\b")
+OTHER_REFERENTS = re.compile(rf"\b(?:{ANSWERS['other_referents']}|{ANSWERS['over_the_counter']})\b")
 
 
 @dataclass
@@ -321,7 +322,20 @@ def _object_medicine(sentence: str, action: re.Match[str], previous: str, questi
     before = sentence[: action.start()]
     if _medicine_in(before, otc=True) or _medicine_in(previous, otc=True):
         return _medicine_in(before) or _medicine_in(previous)
-    return _medicine_in(question) or _medicine_in(sentence[action.end() :])
+    return _question_medicine(question) or _medicine_in(sentence[action.end() :])
+
+
+def _question_medicine(question: str) -> str | None:
+    """The question's prescription medicine, for an answer's "it" to stand for: none when the question
+    names something else after it that "it" could mean ("I'm on sertraline and drink six coffees" +
+    "try cutting down on it": the coffee)."""
+    medicine = _medicine_in(question)
+    if not medicine:
+        return None
+    pieces = re.split(r"[.;,!?]| and | but | so | or ", question)
+    last = max(i for i, piece in enumerate(pieces) if _medicine_in(piece) or i == 0)
+    later = " ".join(pieces[last + 1 :]) + " " + OVER_THE_COUNTER.sub(" ", pieces[last]).split(medicine)[-1]
+    return None if OTHER_REFERENTS.search(later) else medicine
 
 
 def _medicine_in(text: str, otc: bool = False) -> str | None:

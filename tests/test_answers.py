@@ -825,6 +825,17 @@ def test_it_and_an_unnamed_dose_change_stand_for_the_questions_medicine(question
     assert not _flags(safe, question), safe
 
 
+def test_it_is_not_the_questions_medicine_when_the_question_names_something_else_after_it():
+    """ "It" stands for what was named last: the coffee, the smoking, not the antidepressant."""
+    for question, answer in (
+        ("I'm on sertraline and drink six coffees a day, is that bad?", "Try cutting down on it gradually."),
+        ("I take the pill and smoke, is that ok?", "You should stop it as soon as you can."),
+    ):
+        assert not _flags(answer, question), (question, answer)
+    # named last, the medicine is still what "it" stands for
+    assert _flags("Yes, just stop it now.", "I drink coffee and take sertraline, can I stop?")
+
+
 def test_naming_a_drug_twice_and_a_number_before_a_dash_are_not_doses():
     assert not codes(
         "Both are brands of the same medicine, called acetaminophen in the US and paracetamol in the UK."
