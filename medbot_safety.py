@@ -67,6 +67,8 @@ NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
 ENGLISH_FLOOR = 0.02
+INFORMAL_WORDS: dict[str, str] = RULES["language"]["informal"]
+INFORMAL = re.compile(r"(?<![\w'])(" + "|".join(map(re.escape, INFORMAL_WORDS)) + r")(?![\w'])", re.IGNORECASE)
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
 MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 # The model may lower a rule's emergency only in a message long enough to carry the context that
@@ -267,6 +269,7 @@ def non_english_language(message: str) -> str | None:
     question in another language, which triage has read as well as it can.
     """
     text = " ".join(message.split())
+    text = INFORMAL.sub(lambda m: INFORMAL_WORDS[m.group(0).lower()], text)  # "dont" -> "don't"
     letters = [c for c in text if c.isalpha()]
     if len(letters) < 4:
         return None

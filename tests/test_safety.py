@@ -534,6 +534,15 @@ def test_language_identification_never_refuses_short_english():
     assert not t.non_english and t.advice is None or t.level != "routine"
 
 
+def test_english_without_apostrophes_or_in_text_speak_is_english():
+    """fastText reads "I hope I dont wake up" as French and "if i dont reply tmrw its cos im gone" as
+    German: such messages got the other-language fallback instead of the crisis line."""
+    for text in ("I hope I dont wake up", "if i dont reply tmrw its cos im gone", "forgot my pill yesterday wat do"):
+        assert non_english_language(text) is None, text
+    assert triage("I hope I dont wake up", model=False).level == "crisis"
+    assert non_english_language("C'est le médicament dont j'ai besoin pour mon fils") == "fr"  # French stays French
+
+
 def test_non_english_gets_emergency_numbers_first():
     t = triage("Mi hijo tiene fiebre alta y dolor de cabeza desde ayer")
     assert t.non_english and t.language == "es" and "emergency number" in t.advice and "112" in t.advice
