@@ -69,7 +69,9 @@ NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
 ENGLISH_FLOOR = 0.02
 INFORMAL_WORDS: dict[str, str] = RULES["language"]["informal"]
-INFORMAL = re.compile(r"(?<![\w'])(" + "|".join(map(re.escape, INFORMAL_WORDS)) + r")(?![\w'])", re.IGNORECASE)
+INFORMAL = re.compile(
+    r"(?<![\w'])(" + "|".join(map(re.escape, INFORMAL_WORDS)) + r")(?![\w'])", re.IGNORECASE
+)
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
 MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 # The model may lower a rule's emergency only in a message long enough to carry the context that
@@ -77,6 +79,14 @@ MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the
 # false alarms 12.3% -> 3.9% at a cost of 15 of 7,429 emergencies; with these limits 4.1%, 12 lost.
 LOWER_MIN_WORDS = 10
 LOWER_SURE = 0.8  # p(routine) that lowers a shorter message
+# In a message this long, the model lowers a rule's emergency only if the message read from the
+# sentence before the rule's match to the end reads as routine too (_from_rule): read whole, a long,
+# routine story with "my wife's lips have gone blue" at its end reads as routine (v2.14: emergencies
+# appended to real routine forum posts 51 -> 82 of 300 escalated, held-out 83 -> 118 of 284; writers
+# A-P unchanged but one false crisis line, generated test split 4 more routine messages escalated).
+# Shorter messages are read whole: the ±1-sentence window tried first lost the question that makes
+# them routine ("... like my mum did at 60. I'm 45. What can I do to reduce my risk?").
+LOCAL_MIN_WORDS = 60
 
 # ----------------------------------------------------------------------------- results
 
@@ -164,7 +174,14 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
         from medbot_triage import load_model  # torch + the embedder: loaded on first use
 
         reader = load_model()
-        for i, verdict in zip(todo, reader.predict([messages[i] for i in todo])):
+        verdicts = dict(zip(todo, reader.predict([messages[i] for i in todo])))
+        # where the model would lower a rule's emergency in a long message, it also reads the part
+        # from the rule's match on (LOCAL_MIN_WORDS)
+        local = {i: _from_rule(messages[i], results[i]) for i, v in verdicts.items()
+                 if results[i].emergency and v.level == "routine" and len(messages[i].split()) >= LOCAL_MIN_WORDS}  # fmt: skip
+        local = {i: text for i, text in local.items() if text and text != messages[i]}
+        local_verdicts = dict(zip(local, reader.predict(list(local.values())))) if local else {}
+        for i, verdict in verdicts.items():
             r = results[i]
             r.probs = verdict.probs
             # A rule matches words; the model reads the whole message. Where a rule's words stand in
@@ -174,6 +191,8 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
             # rule's alarm ("our newborn feels hot and has a temperature": p(urgent) 0.51), and so
             # does a short message the model is not sure of ("my waters broke at 28 weeks": p 0.69).
             sure = len(messages[i].split()) >= LOWER_MIN_WORDS or verdict.probs["routine"] >= LOWER_SURE
+            if i in local_verdicts and local_verdicts[i].level != "routine":
+                sure = False  # the rule's part of a long message is not routine: the whole hid it
             if r.emergency and verdict.level == "routine" and sure:
                 r.crisis, r.emergency, r.urgent = False, False, True
                 r.flags.append(Flag("model.routine", f"p(routine)={verdict.probs['routine']:.2f}: the rule's "
@@ -186,6 +205,19 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
                                     f"p={verdict.probs[verdict.level]:.2f}; nearest: {near}"))  # fmt: skip
                 _raise_level(r, verdict.level)
     return results
+
+
+def _from_rule(message: str, result: Triage) -> str | None:
+    """The message from the sentence before the first rule's match to its end: what the rule's words
+    mean there, with what follows them ("... years ago, fine since"). None when no one sentence
+    holds the match."""
+    rule = next((f for f in result.flags if f.code.startswith("emergency.")), None)
+    if rule is None:
+        return None
+    words = rule.evidence.split(" | ")[0]
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", message.strip()) if x.strip()]
+    hit = next((k for k, x in enumerate(sentences) if words in normalize(x)), None)
+    return None if hit is None else " ".join(sentences[max(0, hit - 1) :])
 
 
 def _triage_rules(message: str) -> Triage:

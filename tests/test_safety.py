@@ -348,6 +348,68 @@ def test_a_rule_match_the_model_reads_as_routine_gets_same_day_care(monkeypatch)
     assert triage(short).level == "urgent"
 
 
+def test_a_long_message_is_lowered_only_if_the_rules_part_reads_routine_too(monkeypatch):
+    """A long, routine story with a rule's emergency at its end: read whole it looks routine; the
+    part from the rule's sentence on does not, so the rule's emergency stands (LOCAL_MIN_WORDS)."""
+    story = (
+        "I have a question about travel vaccines for a trip in the spring. We are going to Kenya and "
+        "Tanzania for three weeks in April, starting in Nairobi, then a safari, then a week on the coast. "
+        "The travel clinic at the pharmacy quoted for yellow fever, typhoid and hepatitis A, and said "
+        "malaria tablets are needed for all of it. I had hepatitis A and typhoid before a trip in 2017, "
+        "so I am not sure whether I need them again, and I can't find my vaccination card. "
+    )
+    text = story + "Also, my wife's lips have gone blue and she can barely get a word out between breaths."
+    assert len(text.split()) >= medbot_safety.LOCAL_MIN_WORDS
+
+    class ReadsStoriesAsRoutine:  # routine when the story is in what it reads, an emergency when not
+        thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
+
+        def predict(self, texts):
+            out = []
+            for t in texts:
+                p = {"routine": 1.0, "urgent": 0.0, "emergency": 0.0, "crisis": 0.0}
+                if "Kenya" not in t:
+                    p = {"routine": 0.1, "urgent": 0.1, "emergency": 0.8, "crisis": 0.0}
+                level = medbot_triage.decide(np.array(list(p.values())), self.thresholds)
+                out.append(medbot_triage.ModelVerdict(level, p, [("fam.x", "an example", 0.9)]))
+            return out
+
+    monkeypatch.setattr(medbot_triage, "load_model", ReadsStoriesAsRoutine)
+    t = triage(text)
+    assert t.level == "emergency" and "emergency.breathing" in [f.code for f in t.flags], t.flags
+    monkeypatch.setattr(medbot_safety, "LOCAL_MIN_WORDS", 10_000)  # read whole only: lowered (before v2.14)
+    assert triage(text).level == "urgent"
+    # where the rule's part reads as routine too, the long message is still lowered
+    monkeypatch.setattr(medbot_safety, "LOCAL_MIN_WORDS", 60)
+    monkeypatch.setattr(medbot_triage, "load_model", _AlwaysRoutine)
+    t = triage(text)
+    assert t.level == "urgent" and t.flags[-1].code == "model.routine"
+
+
+class _AlwaysRoutine:
+    thresholds = {"escalate": 0.7, "watch": 0.3, "crisis": 0.5}
+
+    def predict(self, texts):
+        p = {"routine": 1.0, "urgent": 0.0, "emergency": 0.0, "crisis": 0.0}
+        return [medbot_triage.ModelVerdict("routine", p, []) for _ in texts]
+
+
+def test_the_real_model_keeps_an_emergency_told_after_a_long_story():
+    story = (
+        "Our office is moving to a new building in January and I have been asked to sort out the first "
+        "aid cover for the new floor. We have about sixty staff over two shifts, a small kitchen, and a "
+        "loading bay where deliveries come in twice a week. HR wants to know whether we need a "
+        "defibrillator, how many first aiders the rules expect for our size, and whether the course "
+        "should be the one-day or the three-day version. Is there a simple checklist for a workplace "
+        "like ours? "
+    )
+    t = triage(
+        story + "By the way my dad collapsed on the kitchen floor a few minutes ago and isn't responding."
+    )
+    assert t.level == "emergency", t.flags
+    assert triage(story).level == "routine"
+
+
 # ---------------------------------------------------------------- the learned model
 
 
@@ -537,10 +599,16 @@ def test_language_identification_never_refuses_short_english():
 def test_english_without_apostrophes_or_in_text_speak_is_english():
     """fastText reads "I hope I dont wake up" as French and "if i dont reply tmrw its cos im gone" as
     German: such messages got the other-language fallback instead of the crisis line."""
-    for text in ("I hope I dont wake up", "if i dont reply tmrw its cos im gone", "forgot my pill yesterday wat do"):
+    for text in (
+        "I hope I dont wake up",
+        "if i dont reply tmrw its cos im gone",
+        "forgot my pill yesterday wat do",
+    ):
         assert non_english_language(text) is None, text
     assert triage("I hope I dont wake up", model=False).level == "crisis"
-    assert non_english_language("C'est le médicament dont j'ai besoin pour mon fils") == "fr"  # French stays French
+    assert (
+        non_english_language("C'est le médicament dont j'ai besoin pour mon fils") == "fr"
+    )  # French stays French
 
 
 def test_non_english_gets_emergency_numbers_first():
