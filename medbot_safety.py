@@ -68,10 +68,16 @@ NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
 ENGLISH_FLOOR = 0.02
+# ... and never when at least this share of its words, read one by one, are English (_english_words)
+ENGLISH_WORDS = 2 / 3
 INFORMAL_WORDS: dict[str, str] = RULES["language"]["informal"]
 INFORMAL = re.compile(
     r"(?<![\w'])(" + "|".join(map(re.escape, INFORMAL_WORDS)) + r")(?![\w'])", re.IGNORECASE
 )
+# figures of speech written out plainly for the model (data/safety_rules.toml [figurative])
+FIGURATIVE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(pattern, re.IGNORECASE), plain) for pattern, plain in RULES["figurative"]["rewrites"]
+]
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
 MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 # The model may lower a rule's emergency only in a message long enough to carry the context that
@@ -174,13 +180,15 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
         from medbot_triage import load_model  # torch + the embedder: loaded on first use
 
         reader = load_model()
-        verdicts = dict(zip(todo, reader.predict([messages[i] for i in todo])))
+        verdicts = dict(zip(todo, reader.predict([literal(messages[i]) for i in todo])))
         # where the model would lower a rule's emergency in a long message, it also reads the part
         # from the rule's match on (LOCAL_MIN_WORDS)
         local = {i: _from_rule(messages[i], results[i]) for i, v in verdicts.items()
                  if results[i].emergency and v.level == "routine" and len(messages[i].split()) >= LOCAL_MIN_WORDS}  # fmt: skip
         local = {i: text for i, text in local.items() if text and text != messages[i]}
-        local_verdicts = dict(zip(local, reader.predict(list(local.values())))) if local else {}
+        local_verdicts = (
+            dict(zip(local, reader.predict([literal(t) for t in local.values()]))) if local else {}
+        )
         for i, verdict in verdicts.items():
             r = results[i]
             r.probs = verdict.probs
@@ -205,6 +213,14 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
                                     f"p={verdict.probs[verdict.level]:.2f}; nearest: {near}"))  # fmt: skip
                 _raise_level(r, verdict.level)
     return results
+
+
+def literal(message: str) -> str:
+    """The message as the model reads it: one-meaning figures of speech about death or killing
+    written out plainly ("bored to death" -> "very bored", "lol I'm dead" -> "lol I'm laughing")."""
+    for pattern, plain in FIGURATIVE:
+        message = pattern.sub(plain, message)
+    return message
 
 
 def _from_rule(message: str, result: Triage) -> str | None:
@@ -318,11 +334,23 @@ def non_english_language(message: str) -> str | None:
     plain = [w for i, w in enumerate(words) if i == 0 or not w[:1].isupper()]
     short = [w for w in plain if len(w) <= 4]
     if len(short) >= 2:
-        return top if _language_scores(" ".join(short))[2] < ENGLISH_FLOOR else None
-    if len(plain) >= 2:  # few short words: the words that are not names, and a sure identifier
+        foreign = _language_scores(" ".join(short))[2] < ENGLISH_FLOOR
+    elif len(plain) >= 2:  # few short words: the words that are not names, and a sure identifier
         _, sure, english = _language_scores(" ".join(plain))
-        return top if english < ENGLISH_FLOOR and sure >= 0.8 else None
-    return None
+        foreign = english < ENGLISH_FLOOR and sure >= 0.8
+    else:
+        return None
+    # a last look, word by word: everyday English words can read as another language together
+    # ("mini pill late again, am i good": German) while most of them, one by one, read as English
+    return top if foreign and not _english_words(plain) else None
+
+
+def _english_words(words: list[str]) -> bool:
+    """Whether at least ENGLISH_WORDS of these words (3 or more, 2+ letters) are each read as English."""
+    words = [w.lower() for w in words if len(w) >= 2]
+    if len(words) < 3:
+        return False
+    return sum(_language_scores(w)[0] == "en" for w in words) >= ENGLISH_WORDS * len(words)
 
 
 @functools.lru_cache(maxsize=4096)

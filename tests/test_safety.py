@@ -25,6 +25,7 @@ from medbot_safety import (
     URGENT_ADVICE,
     Flag,
     Triage,
+    literal,
     non_english_language,
     normalize,
     triage,
@@ -410,6 +411,31 @@ def test_the_real_model_keeps_an_emergency_told_after_a_long_story():
     assert triage(story).level == "routine"
 
 
+def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_words_are_not():
+    """The frozen embedder reads "bored to death" and "lol I'm dead" near talk of dying: written out
+    plainly for the model only ([figurative] in the rule tables). Messages written for this test."""
+    assert literal("I'm bored to death of being off work") == "I'm very bored of being off work"
+    assert "laughing" in literal("lmao im dead, that video") and "dead" not in literal(
+        "lmao im dead, that video"
+    )
+    assert literal("these new boots are killing me") == "these new boots are hurting me a lot"
+    assert literal("dying to know if the pharmacy is open") == "keen to know if the pharmacy is open"
+    # what someone at risk also says is never rewritten
+    for text in (
+        "lol im dead inside and i want to die",
+        "just kill me now, I can't take this any more",
+        "my husband says he is going to kill me",
+        "I'm dying for it all to be over",
+        "everyone would be better off if I was dead lol",
+        "he bled to death in front of me and I keep seeing it",
+    ):
+        assert literal(text) == text, text
+    # with the real model: the figure alone no longer sends someone to the crisis line ...
+    assert triage("I'm bored to death of being off work with this sprained ankle").level != "crisis"
+    # ... and the rules still read the message as written
+    assert triage("lol im dead inside, i want to die").level == "crisis"
+
+
 # ---------------------------------------------------------------- the learned model
 
 
@@ -603,8 +629,10 @@ def test_english_without_apostrophes_or_in_text_speak_is_english():
         "I hope I dont wake up",
         "if i dont reply tmrw its cos im gone",
         "forgot my pill yesterday wat do",
+        "mini pill late again, am i good",  # German read whole; its words one by one are English
     ):
         assert non_english_language(text) is None, text
+    assert non_english_language("Kann ich Ibuprofen nehmen wenn ich schwanger bin?") == "de"
     assert triage("I hope I dont wake up", model=False).level == "crisis"
     assert (
         non_english_language("C'est le médicament dont j'ai besoin pour mon fils") == "fr"
