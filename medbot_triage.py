@@ -76,7 +76,10 @@ ROUTINE_FALSE_ALARMS = 0.02  # routine messages escalated to emergency (out of f
 ROUTINE_WATCH = 0.15  # routine messages sent to same-day care instead
 # A missed crisis costs more than a crisis line shown to someone not at risk: out of fold (v2.6)
 # 0.02 -> 0.03 raised crisis recall 0.932 -> 0.951 and routine messages escalated 3.0% -> 3.8%.
-CRISIS_FALSE_ALARMS = 0.03
+# v2.15 (peer-support families added, model alone, three seeds): at 0.03 the writers' crises caught
+# fell 802-806 -> 798-803 of 825; at 0.035 they stay 803-806, and a new probe's peer-support and
+# recovery messages sent to the crisis line still fall 44-46 -> 28-30 of 110.
+CRISIS_FALSE_ALARMS = 0.035
 FOLDS = 2  # family-grouped folds for out-of-fold scores
 WIKIDOC = ROOT.parent / "shared" / "data" / "dialogue" / "wikidoc-patient-info.jsonl"
 REAL_NEGATIVES = 800  # information questions read as routine examples (see real_negatives)
@@ -372,12 +375,15 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS
     `_loss` (class-balanced cross-entropy; -log(1 - p(crisis)) for NOT_CRISIS rows); deterministic for a seed."""
     torch.manual_seed(seed)
     mu, sd = x.mean(0), x.std(0).clip(1e-4)
-    net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
+    net = torch.nn.Sequential(_Dropout(0.2), torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.GELU(),
                               torch.nn.Dropout(0.3), torch.nn.Linear(HIDDEN, len(LEVELS)))  # fmt: skip
     xt, yt = torch.from_numpy((x - mu) / sd).float(), torch.from_numpy(y).long()
     counts = torch.bincount(yt[yt != NOT_CRISIS], minlength=len(LEVELS)).float()
     class_weight = counts.sum() / (len(LEVELS) * counts.clamp(min=1))
-    opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-2)
+    try:  # the fused update: a third of a step's time on one CPU thread (torch >= 2.4)
+        opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-2, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-2)
     steps = epochs * ((len(xt) + 127) // 128)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, LEARNING_RATE, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
@@ -394,6 +400,20 @@ def train_head(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS
     return {"mu": mu.astype(np.float32), "sd": sd.astype(np.float32),
             "w1": _rounded(w1.weight.detach().numpy()), "b1": w1.bias.detach().numpy(),
             "w2": w2.weight.detach().numpy(), "b2": w2.bias.detach().numpy()}  # fmt: skip
+
+
+class _Dropout(torch.nn.Module):
+    """Dropout on the head's input, drawn with torch.rand: on 4,608 features a training step takes
+    12.7 ms instead of 15.2 with torch's Bernoulli dropout (one thread; 18.5 ms before the fused update)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return torch.where(torch.rand(x.shape) < self.p, 0.0, x * (1 / (1 - self.p)))
 
 
 def w1_steps(w1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
