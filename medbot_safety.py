@@ -68,8 +68,6 @@ NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
 # English: "What causes cholangiocarcinoma?" reads as Italian without this second look).
 ENGLISH_FLOOR = 0.02
-# ... and never when at least this share of its words, read one by one, are English (_english_words)
-ENGLISH_WORDS = 2 / 3
 INFORMAL_WORDS: dict[str, str] = RULES["language"]["informal"]
 INFORMAL = re.compile(
     r"(?<![\w'])(" + "|".join(map(re.escape, INFORMAL_WORDS)) + r")(?![\w'])", re.IGNORECASE
@@ -78,6 +76,7 @@ INFORMAL = re.compile(
 FIGURATIVE: list[tuple[re.Pattern[str], str]] = [
     (re.compile(pattern, re.IGNORECASE), plain) for pattern, plain in RULES["figurative"]["rewrites"]
 ]
+FIGURATIVE_UNLESS = re.compile(RULES["figurative"]["unless"], re.IGNORECASE)  # then nothing is rewritten
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
 MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 # The model may lower a rule's emergency only in a message long enough to carry the context that
@@ -180,15 +179,18 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
         from medbot_triage import load_model  # torch + the embedder: loaded on first use
 
         reader = load_model()
-        verdicts = dict(zip(todo, reader.predict([literal(messages[i]) for i in todo])))
+        # figures of speech written out only where no rule flagged anything: a rewrite must never
+        # help the model lower a rule's alarm
+        read = [
+            messages[i] if results[i].emergency or results[i].urgent else literal(messages[i]) for i in todo
+        ]
+        verdicts = dict(zip(todo, reader.predict(read)))
         # where the model would lower a rule's emergency in a long message, it also reads the part
         # from the rule's match on (LOCAL_MIN_WORDS)
         local = {i: _from_rule(messages[i], results[i]) for i, v in verdicts.items()
                  if results[i].emergency and v.level == "routine" and len(messages[i].split()) >= LOCAL_MIN_WORDS}  # fmt: skip
         local = {i: text for i, text in local.items() if text and text != messages[i]}
-        local_verdicts = (
-            dict(zip(local, reader.predict([literal(t) for t in local.values()]))) if local else {}
-        )
+        local_verdicts = dict(zip(local, reader.predict(list(local.values())))) if local else {}
         for i, verdict in verdicts.items():
             r = results[i]
             r.probs = verdict.probs
@@ -216,8 +218,11 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
 
 
 def literal(message: str) -> str:
-    """The message as the model reads it: one-meaning figures of speech about death or killing
-    written out plainly ("bored to death" -> "very bored", "lol I'm dead" -> "lol I'm laughing")."""
+    """The message as the model reads it where no rule flagged it: one-meaning figures of speech about
+    death or killing written out plainly ("bored to death" -> "very bored", "lol I'm dead" -> "lol I'm
+    laughing"); unchanged when any word of risk or of an emergency is in it ([figurative] unless)."""
+    if FIGURATIVE_UNLESS.search(message):
+        return message
     for pattern, plain in FIGURATIVE:
         message = pattern.sub(plain, message)
     return message
@@ -334,23 +339,11 @@ def non_english_language(message: str) -> str | None:
     plain = [w for i, w in enumerate(words) if i == 0 or not w[:1].isupper()]
     short = [w for w in plain if len(w) <= 4]
     if len(short) >= 2:
-        foreign = _language_scores(" ".join(short))[2] < ENGLISH_FLOOR
-    elif len(plain) >= 2:  # few short words: the words that are not names, and a sure identifier
+        return top if _language_scores(" ".join(short))[2] < ENGLISH_FLOOR else None
+    if len(plain) >= 2:  # few short words: the words that are not names, and a sure identifier
         _, sure, english = _language_scores(" ".join(plain))
-        foreign = english < ENGLISH_FLOOR and sure >= 0.8
-    else:
-        return None
-    # a last look, word by word: everyday English words can read as another language together
-    # ("mini pill late again, am i good": German) while most of them, one by one, read as English
-    return top if foreign and not _english_words(plain) else None
-
-
-def _english_words(words: list[str]) -> bool:
-    """Whether at least ENGLISH_WORDS of these words (3 or more, 2+ letters) are each read as English."""
-    words = [w.lower() for w in words if len(w) >= 2]
-    if len(words) < 3:
-        return False
-    return sum(_language_scores(w)[0] == "en" for w in words) >= ENGLISH_WORDS * len(words)
+        return top if english < ENGLISH_FLOOR and sure >= 0.8 else None
+    return None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -411,7 +411,7 @@ def test_the_real_model_keeps_an_emergency_told_after_a_long_story():
     assert triage(story).level == "routine"
 
 
-def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_words_are_not():
+def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_words_are_not(monkeypatch):
     """The frozen embedder reads "bored to death" and "lol I'm dead" near talk of dying: written out
     plainly for the model only ([figurative] in the rule tables). Messages written for this test."""
     assert literal("I'm bored to death of being off work") == "I'm very bored of being off work"
@@ -420,7 +420,8 @@ def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_
     )
     assert literal("these new boots are killing me") == "these new boots are hurting me a lot"
     assert literal("dying to know if the pharmacy is open") == "keen to know if the pharmacy is open"
-    # what someone at risk also says is never rewritten
+    # what someone at risk or in an emergency also says is never rewritten (a review wrote 76 such
+    # messages against the first table, which rewrote 75 of them; some of them here)
     for text in (
         "lol im dead inside and i want to die",
         "just kill me now, I can't take this any more",
@@ -428,12 +429,34 @@ def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_
         "I'm dying for it all to be over",
         "everyone would be better off if I was dead lol",
         "he bled to death in front of me and I keep seeing it",
+        "I'm dead serious lol, I have the pills lined up on my desk",
+        "I deserve to die for what I did to her",
+        "I could murder a kid at school today, I've thought about how",
+        "I'm dying to sleep forever",
+        "the baby won't stop screaming and I keep thinking about killing it",
+        "my foot is dying, toes gone black and cold",
+        "the heat is killing me, I'm 80, stopped sweating and feel really confused",
+        "I'm sick to death of living",
+        "gave my cat to my sister lol. I'm dead by friday",
     ):
         assert literal(text) == text, text
     # with the real model: the figure alone no longer sends someone to the crisis line ...
     assert triage("I'm bored to death of being off work with this sprained ankle").level != "crisis"
-    # ... and the rules still read the message as written
+    # ... and the rules still read the message as written, and so does the model where a rule
+    # flagged it: a rewrite must never help the model lower a rule's alarm
     assert triage("lol im dead inside, i want to die").level == "crisis"
+    seen = []
+    real_predict = medbot_triage.TriageModel.predict
+
+    def spy(self, texts):
+        seen.extend(texts)
+        return real_predict(self, texts)
+
+    monkeypatch.setattr(medbot_triage.TriageModel, "predict", spy)
+    flagged = "these new boots are killing me and my lips and tongue are swelling up fast"
+    assert literal(flagged) != flagged  # no word of risk vetoes the rewrite: the rule's flag does
+    triage_many([flagged, "these new boots are killing me"])
+    assert flagged in seen and "these new boots are hurting me a lot" in seen
 
 
 # ---------------------------------------------------------------- the learned model
@@ -629,7 +652,6 @@ def test_english_without_apostrophes_or_in_text_speak_is_english():
         "I hope I dont wake up",
         "if i dont reply tmrw its cos im gone",
         "forgot my pill yesterday wat do",
-        "mini pill late again, am i good",  # German read whole; its words one by one are English
     ):
         assert non_english_language(text) is None, text
     assert non_english_language("Kann ich Ibuprofen nehmen wenn ich schwanger bin?") == "de"
