@@ -420,6 +420,10 @@ def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_
     )
     assert literal("these new boots are killing me") == "these new boots are hurting me a lot"
     assert literal("dying to know if the pharmacy is open") == "keen to know if the pharmacy is open"
+    assert literal("I nearly died when I saw the bill for the inhaler") == (
+        "I was shocked when I saw the bill for the inhaler"
+    )
+    assert literal("we were killing ourselves laughing at the vet") == "we were laughing a lot at the vet"
     # what someone at risk or in an emergency also says is never rewritten (a review wrote 76 such
     # messages against the first table, which rewrote 75 of them; some of them here)
     for text in (
@@ -438,6 +442,9 @@ def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_
         "the heat is killing me, I'm 80, stopped sweating and feel really confused",
         "I'm sick to death of living",
         "gave my cat to my sister lol. I'm dead by friday",
+        "I nearly died when I saw the car coming at me",
+        "I nearly died when I saw the bill, and I've got the pills ready tonight",
+        "I keep thinking about killing myself",
     ):
         assert literal(text) == text, text
     # with the real model: the figure alone no longer sends someone to the crisis line ...
