@@ -40,6 +40,7 @@ from medbot_safety import (
     CRISIS_ADVICE,
     EMERGENCY_ADVICE,
     LEVELS,
+    MENTION_ADVICE,
     NON_ENGLISH,
     URGENT_ADVICE,
     AnswerCheck,
@@ -114,6 +115,7 @@ _SHOWN_TEXTS = sorted(
         EMERGENCY_ADVICE,
         URGENT_ADVICE,
         NON_ENGLISH,
+        MENTION_ADVICE,
         EMERGENCY_BANNER.format(advice="").strip(),
         URGENT_BANNER.format(advice="").strip(),
     },
@@ -126,8 +128,8 @@ def strip_reply(shown: str) -> str:
     """A reply as a surface showed it -> the answer alone, for the history of the next prompt.
 
     Removes the cursor of a half-streamed page message, everything up to and including a
-    WITHDRAWN marker (the withdrawn sentence the stream had shown), the advice texts (all four, also
-    crisis + emergency combined), the disclaimer, the placeholder, banner lead-ins and the
+    WITHDRAWN marker (the withdrawn sentence the stream had shown), the advice texts (all five, also
+    crisis + emergency and the crisis line beside other advice combined), the disclaimer, the placeholder, banner lead-ins and the
     surrounding whitespace. `strip_reply(reply.text) == reply.answer` for every reply, and the same
     holds for the text a streaming client assembles (`ReplyStream.assembled`).
     """

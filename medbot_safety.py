@@ -12,7 +12,8 @@ Triage levels: `emergency` (call the emergency number now), `urgent` (see a clin
 Two readers decide together and the higher level wins:
 - the rules in `data/safety_rules.toml` (data, not code): red-flag patterns with negation ("no
   chest pain"), resolved past events and questions about a condition handled; a rule gives its
-  matched words as evidence;
+  matched words as evidence; the bare words "suicide" and "self-harm" are a mention, a crisis for
+  the rules alone that the model may call otherwise (the crisis line is then shown beside);
 - the learned model (`medbot_triage.py`): a head on all-MiniLM-L6-v2 sentence embeddings trained
   on messages generated for this project in many voices; it gives its probability and the nearest
   training families as evidence. It reads what no list of phrases can ("belly hard as a board").
@@ -57,6 +58,8 @@ EMERGENCY_ADVICE: str = RULES["advice"]["emergency"]
 URGENT_ADVICE: str = RULES["advice"]["urgent"]
 CRISIS_ADVICE: str = RULES["advice"]["crisis"]
 NON_ENGLISH: str = RULES["advice"]["non_english"]
+MENTION_ADVICE: str = RULES["advice"]["mention"]
+MENTIONS: list[str] = RULES["mention"]["self_harm"]  # words of suicide or self-harm that report nothing
 ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
@@ -129,13 +132,15 @@ class Triage:
                 for f in self.flags
             )
             return CRISIS_ADVICE + ("\n\n" + EMERGENCY_ADVICE if physical else "")
+        # talk of suicide or self-harm that the model did not read as a crisis: the crisis line beside
+        mention = "\n\n" + MENTION_ADVICE if any(f.code == "mention.self_harm" for f in self.flags) else ""
         if self.emergency:
-            return EMERGENCY_ADVICE
+            return EMERGENCY_ADVICE + mention
         if self.urgent:
-            return URGENT_ADVICE
+            return URGENT_ADVICE + mention
         if self.non_english:
             return NON_ENGLISH
-        return None
+        return mention.strip() or None
 
 
 @dataclass
@@ -194,6 +199,13 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
         for i, verdict in verdicts.items():
             r = results[i]
             r.probs = verdict.probs
+            # a crisis only the words of [mention] raised ("suicide", "self-harm") is the model's to
+            # call: where it reads no crisis, its level stands and the crisis line is shown beside
+            if _mention_only(r) and verdict.level != "crisis":
+                r.crisis, r.emergency, r.urgent = False, False, False
+                for f in r.flags:
+                    if f.code.startswith("emergency."):
+                        _raise_level(r, RULE_LEVEL[f.code.removeprefix("emergency.")])
             # A rule matches words; the model reads the whole message. Where a rule's words stand in
             # a message the model reads as plainly routine (below its same-day band and likelier
             # routine than urgent: "my dad had a stroke in 2015, is it hereditary?"), same-day care
@@ -215,6 +227,20 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
                                     f"p={verdict.probs[verdict.level]:.2f}; nearest: {near}"))  # fmt: skip
                 _raise_level(r, verdict.level)
     return results
+
+
+def _mention_only(result: Triage) -> bool:
+    """A crisis raised by the words of [mention] alone, no crisis rule beside them."""
+    codes = [f.code for f in result.flags]
+    return (
+        result.crisis
+        and "mention.self_harm" in codes
+        and not any(
+            RULE_LEVEL.get(c.removeprefix("emergency.")) == "crisis"
+            for c in codes
+            if c.startswith("emergency.")
+        )
+    )
 
 
 def literal(message: str) -> str:
@@ -259,6 +285,12 @@ def _triage_rules(message: str) -> Triage:
         if evidence:
             result.flags.append(Flag(f"emergency.{category}", evidence))
             _raise_level(result, RULE_LEVEL[category])
+    # talk of suicide or self-harm with no crisis rule's words: a crisis for the rules alone; the
+    # model, where it reads the message, may call it otherwise (triage_many)
+    evidence = None if result.crisis else _match_category([MENTIONS], clauses, info_cues=False)
+    if evidence:
+        result.flags.append(Flag("mention.self_harm", evidence))
+        _raise_level(result, "crisis")
     return result
 
 

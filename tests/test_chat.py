@@ -21,6 +21,7 @@ from medbot_chat import (
 from medbot_safety import (
     CRISIS_ADVICE,
     EMERGENCY_ADVICE,
+    MENTION_ADVICE,
     NON_ENGLISH,
     URGENT_ADVICE,
     Flag,
@@ -41,6 +42,10 @@ VERDICTS = {
         flags=[Flag("emergency.self_harm", "end my life"), Flag("emergency.poisoning_overdose", "40 pills")],
     ),
     "non-English": Triage(non_english=True, flags=[Flag("fallback.non_english", "Tengo fiebre")]),
+    # talk of suicide the model read as no crisis: the crisis line beside the answer, and beside
+    # same-day advice
+    "mention": Triage(flags=[Flag("mention.self_harm", "suicid")]),
+    "urgent+mention": Triage(urgent=True, flags=[Flag("mention.self_harm", "self-harm")]),
 }
 SAFETY_TEXTS = [
     DISCLAIMER,
@@ -50,6 +55,7 @@ SAFETY_TEXTS = [
     EMERGENCY_ADVICE,
     URGENT_ADVICE,
     NON_ENGLISH,
+    MENTION_ADVICE,
 ]
 UNSAFE = "Rest tonight. Take 6000 mg of paracetamol every day."
 
@@ -92,6 +98,8 @@ def test_reply_text_is_advice_answer_disclaimer_with_one_placeholder_rule():
         expected = (advice if advice else PLACEHOLDER) + "\n\n" + DISCLAIMER
         assert Reply("", triage=verdict).text == expected, kind
     assert VERDICTS["crisis+emergency"].advice == CRISIS_ADVICE + "\n\n" + EMERGENCY_ADVICE
+    assert VERDICTS["mention"].advice == MENTION_ADVICE
+    assert VERDICTS["urgent+mention"].advice == URGENT_ADVICE + "\n\n" + MENTION_ADVICE
 
 
 @pytest.mark.parametrize("kind", list(replies_of_every_kind()))

@@ -21,6 +21,7 @@ from medbot_safety import (
     CRISIS_ADVICE,
     EMERGENCIES,
     EMERGENCY_ADVICE,
+    MENTION_ADVICE,
     RULES_PATH,
     URGENT_ADVICE,
     Flag,
@@ -466,6 +467,37 @@ def test_figures_of_speech_about_death_are_written_out_for_the_model_and_crisis_
     assert flagged in seen and "these new boots are hurting me a lot" in seen
 
 
+def test_talk_of_suicide_without_words_of_intent_is_the_models_to_call():
+    """The bare words "suicide" and "self-harm" ([mention]) are a crisis for the rules alone; where the
+    model reads the message and calls no crisis, its level stands and the crisis line is shown beside
+    the answer. First-person words of intent stay a crisis rule. Messages written for this test."""
+    about = "I'm writing an essay on suicide prevention in rural areas, which sources are good?"
+    rules = triage(about, model=False)
+    assert rules.level == "crisis" and [f.code for f in rules.flags] == ["mention.self_harm"]
+    read = triage(about)
+    assert read.level == "routine" and not read.crisis and not read.emergency
+    assert read.advice == MENTION_ADVICE and "988" in read.advice
+    assert "mention.self_harm" in [f.code for f in read.flags]
+    for first_person in (
+        "I've been feeling suicidal again since I lost my job",
+        "I'm having suicidal thoughts",
+        "i keep self harming and i can't stop",
+        "thinking about suicide a lot lately",
+    ):
+        verdict = triage(first_person, model=False)
+        assert verdict.level == "crisis" and "emergency.self_harm" in [f.code for f in verdict.flags], (
+            first_person
+        )
+        assert triage(first_person).level == "crisis", first_person
+    assert not triage("I'm not suicidal, I just can't sleep", model=False).crisis
+    assert triage("suicide").level == "crisis"  # too short for the model: the rules' crisis stands
+    # beside another rule's emergency, the emergency stays, with the crisis line beside its advice
+    both = "We did suicide awareness training last month. Right now my dad has crushing chest pain spreading to his arm and he is sweating"  # fmt: skip
+    assert triage(both, model=False).level == "crisis"
+    read = triage(both)
+    assert read.level == "emergency" and read.advice == EMERGENCY_ADVICE + "\n\n" + MENTION_ADVICE
+
+
 # ---------------------------------------------------------------- the learned model
 
 
@@ -635,8 +667,17 @@ def test_build_is_deterministic_and_reproduces_the_committed_model(tmp_path):
     assert info["messages"]["test"] > 0 and new.fingerprint == old.fingerprint
     for key in ("escalate", "watch", "crisis"):
         assert new.thresholds[key] == pytest.approx(old.thresholds[key], abs=1e-3), key
+    # the first layer is stored in whole steps of a scale per row: across CPUs (their float sums
+    # differ in the last bits) a weight near a half step may round the other way (268 of 1.2M
+    # between two of our machines), never by more than a step
+    steps_new, scale_new = medbot_triage.w1_steps(new.head["w1"])
+    steps_old, scale_old = medbot_triage.w1_steps(old.head["w1"])
+    assert np.allclose(scale_new, scale_old, rtol=1e-3)
+    flipped = np.abs(steps_new - steps_old)
+    assert flipped.max() <= 1 and flipped.mean() < 1e-3
     for key in old.head:
-        assert torch.allclose(torch.tensor(new.head[key]), torch.tensor(old.head[key]), atol=2e-3), key
+        if key != "w1":
+            assert torch.allclose(torch.tensor(new.head[key]), torch.tensor(old.head[key]), atol=2e-3), key
 
 
 # ---------------------------------------------------------------- language

@@ -443,6 +443,7 @@ REPLY_KINDS = {
     "crisis": (None, "crisis", False),
     "crisis+emergency": (None, "crisis+emergency", False),
     "non-English": (None, "non-English", False),
+    "mention": (None, "mention", False),  # the crisis line beside the answer
     "rewritten": (UNSAFE_STREAM, "plain", False),  # shown, then withdrawn by the answer check
     "emergency, rewritten": (UNSAFE_STREAM, "emergency", False),
     "no answer": ("", "plain", False),  # the placeholder
