@@ -132,8 +132,10 @@ class Triage:
                 for f in self.flags
             )
             return CRISIS_ADVICE + ("\n\n" + EMERGENCY_ADVICE if physical else "")
-        # talk of suicide or self-harm that the model did not read as a crisis: the crisis line beside
-        mention = "\n\n" + MENTION_ADVICE if any(f.code == "mention.self_harm" for f in self.flags) else ""
+        # talk of suicide or self-harm that the model did not read as a crisis (a mention, or a crisis
+        # rule it lowered in a message it reads as routine): the crisis line beside
+        said = any(f.code in ("mention.self_harm", "emergency.self_harm") for f in self.flags)
+        mention = "\n\n" + MENTION_ADVICE if said else ""
         if self.emergency:
             return EMERGENCY_ADVICE + mention
         if self.urgent:

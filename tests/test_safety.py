@@ -490,6 +490,23 @@ def test_talk_of_suicide_without_words_of_intent_is_the_models_to_call():
         )
         assert triage(first_person).level == "crisis", first_person
     assert not triage("I'm not suicidal, I just can't sleep", model=False).crisis
+    # current first-person talk the bare words used to carry (a review's findings, written anew here)
+    for now in (
+        "self harmed again last night",
+        "keep having suicide thoughts at work",
+        "suicide crosses my mind every day",
+        "what's the least painful way to commit suicide",
+        "did some self harm earlier, it's not deep",
+    ):
+        assert "emergency.self_harm" in [f.code for f in triage(now, model=False).flags], now
+    assert [f.code for f in triage("my therapist asked if I'm suicidal", model=False).flags] == [
+        "mention.self_harm"
+    ]
+    # a crisis rule the model lowers to same-day care (a message it reads as routine) keeps the
+    # crisis line beside the same-day advice
+    lowered = triage("what vitamins are good for energy, i've been suicidal most nights and want to try something natural first")  # fmt: skip
+    assert lowered.level == "urgent" and "model.routine" in [f.code for f in lowered.flags]
+    assert lowered.advice == URGENT_ADVICE + "\n\n" + MENTION_ADVICE
     assert triage("suicide").level == "crisis"  # too short for the model: the rules' crisis stands
     # beside another rule's emergency, the emergency stays, with the crisis line beside its advice
     both = "We did suicide awareness training last month. Right now my dad has crushing chest pain spreading to his arm and he is sweating"  # fmt: skip
