@@ -129,8 +129,8 @@ def strip_reply(shown: str) -> str:
 
     Removes the cursor of a half-streamed page message, everything up to and including a
     WITHDRAWN marker (the withdrawn sentence the stream had shown), the advice texts (all five, also
-    crisis + emergency and the crisis line beside other advice combined), the disclaimer, the placeholder, banner lead-ins and the
-    surrounding whitespace. `strip_reply(reply.text) == reply.answer` for every reply, and the same
+    combined: crisis + emergency, the crisis line beside other advice), the disclaimer, the
+    placeholder, banner lead-ins and the surrounding whitespace. `strip_reply(reply.text) == reply.answer` for every reply, and the same
     holds for the text a streaming client assembles (`ReplyStream.assembled`).
     """
     text = shown.rstrip().removesuffix(CURSOR)

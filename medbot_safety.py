@@ -232,17 +232,8 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
 
 
 def _mention_only(result: Triage) -> bool:
-    """A crisis raised by the words of [mention] alone, no crisis rule beside them."""
-    codes = [f.code for f in result.flags]
-    return (
-        result.crisis
-        and "mention.self_harm" in codes
-        and not any(
-            RULE_LEVEL.get(c.removeprefix("emergency.")) == "crisis"
-            for c in codes
-            if c.startswith("emergency.")
-        )
-    )
+    """A crisis the words of [mention] alone raised (they are read only where no crisis rule matched)."""
+    return result.crisis and any(f.code == "mention.self_harm" for f in result.flags)
 
 
 def literal(message: str) -> str:
