@@ -62,10 +62,13 @@ MENTION_ADVICE: str = RULES["advice"]["mention"]
 MENTIONS: list[str] = RULES["mention"]["self_harm"]  # words of suicide or self-harm that report nothing
 ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
+# clauses each side of a symptom that the rest of a category's groups may be found in (default 1)
+WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
-    RULES["context"][k] for k in ("negations", "resolved", "current", "settled", "info_cues")
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, HYPOTHETICAL, LIVE = (
+    RULES["context"][k]
+    for k in ("negations", "resolved", "current", "settled", "info_cues", "hypothetical", "live")
 )
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
@@ -274,7 +277,7 @@ def _triage_rules(message: str) -> Triage:
     for category, groups in EMERGENCIES.items():
         # a question about a condition is not a report of it, except where a crisis is named: a person
         # at risk may ask about it in the same breath ("for the exam... I just want to end it all")
-        evidence = _match_category(groups, clauses, info_cues=RULE_LEVEL[category] != "crisis")
+        evidence = _match_category(groups, clauses, RULE_LEVEL[category] != "crisis", WINDOW[category])
         if evidence:
             result.flags.append(Flag(f"emergency.{category}", evidence))
             _raise_level(result, RULE_LEVEL[category])
@@ -295,18 +298,28 @@ def _raise_level(result: Triage, level: str) -> None:
     result.urgent = level == "urgent"
 
 
-def _match_category(groups: list[list[str]], clauses: list[str], info_cues: bool = True) -> str | None:
-    """Every group must match somewhere in one clause window (a clause and its neighbours); with
-    info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")."""
+def _match_category(
+    groups: list[list[str]], clauses: list[str], info_cues: bool = True, width: int = 1
+) -> str | None:
+    """Every group must match somewhere in one clause window (a clause and `width` clauses each side);
+    with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")
+    or puts a question in general with nothing happening now ("what does sepsis look like")."""
     for i in range(len(clauses)):
-        window = " ".join(clauses[max(0, i - 1) : i + 2])
+        window = " ".join(clauses[max(0, i - width) : i + width + 1])
         first = _live_match(groups[0], clauses[i])
-        if not first or (info_cues and re.search(INFO_CUES, clauses[i])):
+        if not first or (info_cues and _asks_about(clauses[i])):
             continue
         rest = [_live_match(g, window) for g in groups[1:]]
         if all(rest):
             return " | ".join([first] + [r for r in rest if r])
     return None
+
+
+def _asks_about(clause: str) -> bool:
+    """A clause that asks about a condition, or asks in general with nothing said to be happening."""
+    return bool(
+        re.search(INFO_CUES, clause) or (re.search(HYPOTHETICAL, clause) and not re.search(LIVE, clause))
+    )
 
 
 def _live_match(patterns: list[str], clause: str) -> str | None:

@@ -57,6 +57,9 @@ EXAMPLES = {
     "thunderclap_headache": "Sudden explosive headache, the worst headache of my life.",
     "self_harm": "I have been thinking about how to kill myself.",
     "head_injury": "Knocked his head on the goalpost, now he is drowsy and being sick.",
+    "heart_rate": "Her pulse is 34 and she keeps fainting.",
+    "electric_shock": "He got an electric shock from the cooker and now his chest hurts.",
+    "penetrating_injury": "There is a screwdriver stuck in his hand.",
 }
 
 
@@ -158,6 +161,8 @@ def test_a_seizure_that_goes_on_or_repeats_is_an_emergency_and_fits_that_recur_a
         "my daughter's seizure won't stop",
         "she is having seizures one after the other",
         "he had another fit without waking up in between",
+        "she's had two in the last half hour and didn't come round in between",
+        "is it normal for a fit to go on longer than 10 minutes",
     ):
         assert "emergency.unconscious_seizure" in codes(text), text
     for text in (
@@ -189,6 +194,51 @@ def test_a_head_injury_with_a_red_flag_is_an_emergency_and_a_bump_is_not():
         "I've come to the conclusion that my memory is getting worse with age",  # not corrected to concussion
     ):
         assert "emergency.head_injury" not in codes(text), text
+
+
+def test_v217_red_flags_and_their_near_misses():
+    """Red flags a development set (v2.17) found the rules without, each written anew here beside a
+    near miss: a slow pulse with fainting, an electric shock with harm, an object still in the body,
+    a pad soaked in minutes, a young baby's age without "old", a thunderclap onset, a child who found
+    someone's tablets, and a head injury whose vomiting is told two sentences after the knock."""
+    for text in (
+        "what's a normal heart rate? grandad's pulse is about 30 and he nearly passed out",
+        "my heart rate is 190 and I feel faint",
+        "touched a live wire at work and now my arm is numb and tingling",
+        "there's a kitchen knife still stuck in his leg",
+        "soaking a pad every 15 minutes since the birth",
+        "baby is 5 weeks and has a temp of 38.2",
+        "the headache came on in a second, like being hit with a hammer",
+        "my toddler found my mum's tablets in her bag and might have swallowed some",
+        "He fell off his bike and banged his head. The teacher said he was fine. "
+        "At home he has been sick three times and keeps asking me the same questions.",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "my resting pulse is 48, I run a lot, is that ok?",
+        "got a tiny static shock off the car door",
+        "I change my pad every 4 hours on heavy days",
+        "my baby is 7 weeks old and has a blocked nose, no fever",
+        "she's 6 weeks pregnant and has a temperature",
+        "my son found my tablets but the packet is still sealed",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
+def test_a_question_put_in_general_is_not_a_report_unless_something_is_happening():
+    for text in (
+        "what does sepsis look like in an adult",
+        "can you get sepsis from a paper cut",
+        "is it true you should never give water to someone having a stroke",
+        "what would happen if a toddler swallowed a button battery",
+    ):
+        assert not triage(text, model=False).emergency, text
+    for text in (
+        "what does sepsis look like? my dad has a fever and is confused and mottled",
+        "what should I do if someone collapsed, my husband just collapsed and isn't responding",
+        "can you get sepsis from a cut, mine is red and I'm confused and shivering with a fever now",
+    ):
+        assert triage(text, model=False).emergency, text
 
 
 def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
