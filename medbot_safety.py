@@ -66,9 +66,8 @@ EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULE
 WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, HYPOTHETICAL, LIVE = (
-    RULES["context"][k]
-    for k in ("negations", "resolved", "current", "settled", "info_cues", "hypothetical", "live")
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
+    RULES["context"][k] for k in ("negations", "resolved", "current", "settled", "info_cues")
 )
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
@@ -302,24 +301,16 @@ def _match_category(
     groups: list[list[str]], clauses: list[str], info_cues: bool = True, width: int = 1
 ) -> str | None:
     """Every group must match somewhere in one clause window (a clause and `width` clauses each side);
-    with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")
-    or puts a question in general with nothing happening now ("what does sepsis look like")."""
+    with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")."""
     for i in range(len(clauses)):
         window = " ".join(clauses[max(0, i - width) : i + width + 1])
         first = _live_match(groups[0], clauses[i])
-        if not first or (info_cues and _asks_about(clauses[i])):
+        if not first or (info_cues and re.search(INFO_CUES, clauses[i])):
             continue
         rest = [_live_match(g, window) for g in groups[1:]]
         if all(rest):
             return " | ".join([first] + [r for r in rest if r])
     return None
-
-
-def _asks_about(clause: str) -> bool:
-    """A clause that asks about a condition, or asks in general with nothing said to be happening."""
-    return bool(
-        re.search(INFO_CUES, clause) or (re.search(HYPOTHETICAL, clause) and not re.search(LIVE, clause))
-    )
 
 
 def _live_match(patterns: list[str], clause: str) -> str | None:
@@ -348,7 +339,10 @@ def _live_again(before: str, after: str) -> bool:
 
 def _clauses(text: str) -> list[str]:
     # "but" and "however" start a new clause: "no chest pain but my arm is numb"
-    return [c.strip() for c in re.split(r"[.!?;\n]+|\bbut\b|\bhowever\b", text) if c.strip()]
+    # a full stop between digits is a decimal point, not the end of a clause ("temp 38.5")
+    return [
+        c.strip() for c in re.split(r"(?:(?<!\d)\.|\.(?!\d)|[!?;\n])+|\bbut\b|\bhowever\b", text) if c.strip()
+    ]
 
 
 # ----------------------------------------------------------------------------- language

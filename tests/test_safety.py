@@ -212,6 +212,8 @@ def test_v217_red_flags_and_their_near_misses():
         "my toddler found my mum's tablets in her bag and might have swallowed some",
         "He fell off his bike and banged his head. The teacher said he was fine. "
         "At home he has been sick three times and keeps asking me the same questions.",
+        "newborn, temp 38.2",  # a decimal point does not end the clause
+        "what should we do if he's not breathing",
     ):
         assert triage(text, model=False).emergency, text
     for text in (
@@ -221,24 +223,15 @@ def test_v217_red_flags_and_their_near_misses():
         "my baby is 7 weeks old and has a blocked nose, no fever",
         "she's 6 weeks pregnant and has a temperature",
         "my son found my tablets but the packet is still sealed",
+        # a review's look-alikes (helper 91), written anew
+        "got a tiny static shock off the car door and it made my heart jump",
+        "felt dizzy for about an hr after 2 glasses of wine",
+        "heart rate hit 186 at the end of my 5k and I was dripping with sweat",
+        "I feel like I've been stabbed in the back by my best friend",
+        "the arrow was stuck in the target so deep we couldn't pull it out",
+        "she is 8 weeks post-op and her temperature is normal",
     ):
         assert not triage(text, model=False).emergency, text
-
-
-def test_a_question_put_in_general_is_not_a_report_unless_something_is_happening():
-    for text in (
-        "what does sepsis look like in an adult",
-        "can you get sepsis from a paper cut",
-        "is it true you should never give water to someone having a stroke",
-        "what would happen if a toddler swallowed a button battery",
-    ):
-        assert not triage(text, model=False).emergency, text
-    for text in (
-        "what does sepsis look like? my dad has a fever and is confused and mottled",
-        "what should I do if someone collapsed, my husband just collapsed and isn't responding",
-        "can you get sepsis from a cut, mine is red and I'm confused and shivering with a fever now",
-    ):
-        assert triage(text, model=False).emergency, text
 
 
 def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
