@@ -44,6 +44,7 @@ import functools
 import re
 import tomllib
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ URGENT_ADVICE: str = RULES["advice"]["urgent"]
 CRISIS_ADVICE: str = RULES["advice"]["crisis"]
 NON_ENGLISH: str = RULES["advice"]["non_english"]
 MENTION_ADVICE: str = RULES["advice"]["mention"]
+MEASURED: dict[str, str] = RULES["measured"]  # per category: a reading the model does not lower
 MENTIONS: list[str] = RULES["mention"]["self_harm"]  # words of suicide or self-harm that report nothing
 ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
@@ -66,8 +68,9 @@ EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULE
 WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES = (
-    RULES["context"][k] for k in ("negations", "resolved", "current", "settled", "info_cues")
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL = (
+    RULES["context"][k]
+    for k in ("negations", "resolved", "current", "settled", "info_cues", "report", "animal")
 )
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
@@ -219,7 +222,7 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
             sure = len(messages[i].split()) >= LOWER_MIN_WORDS or verdict.probs["routine"] >= LOWER_SURE
             if i in local_verdicts and local_verdicts[i].level != "routine":
                 sure = False  # the rule's part of a long message is not routine: the whole hid it
-            if r.emergency and verdict.level == "routine" and sure:
+            if r.emergency and verdict.level == "routine" and sure and not _measured(messages[i], r):
                 r.crisis, r.emergency, r.urgent = False, False, True
                 r.flags.append(Flag("model.routine", f"p(routine)={verdict.probs['routine']:.2f}: the rule's "
                                     "words, read in the whole message, look routine; same-day care instead"))  # fmt: skip
@@ -231,6 +234,18 @@ def triage_many(messages: list[str], *, model: bool = True) -> list[Triage]:
                                     f"p={verdict.probs[verdict.level]:.2f}; nearest: {near}"))  # fmt: skip
                 _raise_level(r, verdict.level)
     return results
+
+
+def _measured(message: str, result: Triage) -> bool:
+    """A rule's red flag whose reading the message gives ([measured]: a baby's 38.4, a pad in 20
+    minutes, a pulse of 35): the model reads meaning, not numbers, so it does not lower these. A reading
+    inside quotation marks is someone else's words (a story, an exam question): the model may lower it."""
+    text = re.sub(r'["“”][^"“”]*["“”]', " ", normalize(message))
+    return any(
+        re.search(MEASURED[code], text)
+        for f in result.flags
+        if (code := f.code.removeprefix("emergency.")) in MEASURED
+    )
 
 
 def _mention_only(result: Triage) -> bool:
@@ -304,17 +319,44 @@ def _match_category(
     with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")."""
     for i in range(len(clauses)):
         window = " ".join(clauses[max(0, i - width) : i + width + 1])
-        first = _live_match(groups[0], clauses[i])
-        if not first or (info_cues and re.search(INFO_CUES, clauses[i])):
+        first = _first_report(groups[0], clauses[i], info_cues)
+        if not first:
             continue
         rest = [_live_match(g, window) for g in groups[1:]]
         if all(rest):
-            return " | ".join([first] + [r for r in rest if r])
+            return " | ".join([clauses[i][first[0] : first[1]]] + [r for r in rest if r])
     return None
+
+
+def _first_report(patterns: list[str], clause: str, info_cues: bool) -> tuple[int, int] | None:
+    """The first live match that is neither asked about ("what do you do if someone is choking, he's
+    choking on a sweet": the second one counts) nor a pet's ([context] animal: "my dog has been
+    fitting for 5 minutes")."""
+    for span in _live_matches(patterns, clause):
+        if not (info_cues and _asks_about(clause, span)) and not re.search(ANIMAL, clause[: span[0]]):
+            return span
+    return None
+
+
+def _asks_about(clause: str, match: tuple[int, int]) -> bool:
+    """The clause asks about a condition ("what are the signs of a stroke, like a drooping face?"),
+    unless the match stands in a part after a comma that reports someone now ("how do I know if it's
+    a stroke, his face has dropped": [context] report), with no question cue in that part itself."""
+    if not re.search(INFO_CUES, clause):
+        return False
+    # the part holding the match's end: "a seizure, she's been jerking for 6 minutes"
+    start = clause.rfind(",", 0, match[1]) + 1
+    part = clause[start:].strip()
+    return start == 0 or bool(re.search(INFO_CUES, part)) or not re.match(REPORT, part)
 
 
 def _live_match(patterns: list[str], clause: str) -> str | None:
     """The first pattern match in the clause that is neither negated nor resolved."""
+    return next((clause[a:b] for a, b in _live_matches(patterns, clause)), None)
+
+
+def _live_matches(patterns: list[str], clause: str) -> Iterator[tuple[int, int]]:
+    """Every pattern match in the clause that is neither negated nor resolved: (start, end)."""
     for pattern in patterns:
         for m in re.finditer(pattern, clause):
             before = clause[max(0, m.start() - 40) : m.start()]
@@ -323,8 +365,7 @@ def _live_match(patterns: list[str], clause: str) -> str | None:
                 continue
             if re.search(RESOLVED, before + " " + after) and not _live_again(before, after):
                 continue
-            return m.group(0)
-    return None
+            yield m.span()
 
 
 def _live_again(before: str, after: str) -> bool:

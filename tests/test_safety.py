@@ -234,6 +234,89 @@ def test_v217_red_flags_and_their_near_misses():
         assert not triage(text, model=False).emergency, text
 
 
+def test_v218_red_flags_said_other_ways_and_their_near_misses():
+    """v2.18: the same red flags in the words a review found the rules without (written anew here):
+    a pulse in the 30s or in words, a heart "going 190", a shock off an appliance, "knifed", a rod
+    gone through a leg, "not coming round between" fits, a baby's age in months or as "7 week baby",
+    a child chewing tablets or a washing pod, "doesn't recognise me" after a knock, "went from no
+    headache to 10/10 in seconds"; a report after a comma that follows a question ("how do I know if
+    it's a stroke, her face has dropped"), every match tried; a pet's red flag left to the vet
+    ([context] animal). Beside each, what must stay quiet."""
+    for text in (
+        "dad's heart rate is in the 30s and he's gone very dizzy",
+        "nan's pulse is thirty-two and she keeps blacking out",
+        "my heart has been racing at 210 for twenty minutes and I feel faint",
+        "got shocked by the kettle and now my chest feels tight",
+        "my brother got knifed outside the pub",
+        "a metal spike went straight through her foot on the farm",
+        "three fits now and he isn't coming round between them",
+        "our baby is 1 month and has a temperature of 38.6",
+        "8 week baby girl, temp 38.3",
+        "my 2 year old is chewing my blood pressure tabs",
+        "my toddler bit into a laundry pod and is coughing",
+        "he fell off the wall onto his head and now doesn't recognise us",
+        "went from no headache to the worst pain ever in a few seconds",
+        "how do I know if it's a stroke, her face has dropped on one side",
+        "doing first aid now, she's unconscious after an electric shock",
+        # a question, then a report after a comma; every match is tried, not only the first
+        "what do you do if someone is choking, my son's choking on a grape",
+        "what does concussion look like, she hit her head and has been sick twice",
+        "the dog bit my daughter and it's bleeding heavily",  # a person between the pet and the flag
+        "grandma is very hard to wake this morning and breathing slowly",
+        "dad has had a nosebleed for over an hour",
+        "cut his leg on the saw and it's pumping out",
+        "my sister took all her sleeping tablets an hour ago",
+        "he took forty of his sleeping tablets",
+        "my 3 week old is 38 degrees and won't feed",
+        "struck by lightning!! he's awake but confused",  # the harm two clauses on (window = 2)
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "my heart rate was 190 on the bike at the gym and I felt amazing afterwards",
+        "the toaster gave me a tiny shock, no harm done",
+        "my 5 year old is chewing his vitamins instead of swallowing them, is that ok?",
+        "my baby is 8 weeks, what temperature should the room be at night?",
+        "9 week baby felt warm, temp is 37.1 now, feeding fine",
+        "I soak a pad in an hour on my heaviest day, been like that for years",
+        "the dog found my tablets and ate some, do I ring the vet?",
+        "what are the signs of a stroke, like a drooping face?",
+        "recognise the signs of sepsis, such as a fever and confusion",
+        # a review's look-alikes (helper 93), written anew
+        "heart rate was 192 on the treadmill and I felt a bit lightheaded after",
+        "our labrador has been fitting for six minutes, which vet is open?",
+        "my cat is showing signs of poisoning, drooling and wobbly",
+        "what's the ideal temperature for a 3 week baby's bedroom?",
+        "he goes through a nappy in 20 minutes, is that a lot of wee?",
+        "I go through 2 pads in an hour on my heavy days, should I see the GP?",
+        "a migraine came on in seconds once and was gone after a minute",
+        "my son is chewing his calpol melt instead of letting it dissolve",
+        "a fit of the giggles for ten minutes in assembly",
+        "she's not waking up between feeds at night now, is that ok?",
+        "what do you do if a knife is stuck in someone's leg? first aid course question",
+        "first aid training question: what if someone has a fit for over 5 minutes",
+        "my 4 year old can't swallow tablets yet, can he have liquid?",
+        "I'm worried I'm going to have a heart attack with all this stress at work",
+        "what does anaphylaxis look like in a toddler",
+        "is it true you can get sepsis from a paper cut",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
+def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
+    """[measured]: the model reads meaning, not numbers; where the message gives the reading itself (a
+    baby's 38.4, a pad in 20 minutes, a pulse of 35) a rule's emergency stands. Quoted words are someone
+    else's (a story, an exam question) and the model may lower them as before."""
+    fever = medbot_safety.Triage(flags=[Flag("emergency.infant_fever", "2 months old | temp")])
+    assert medbot_safety._measured("is it normal for a 2 month old to have a temp of 38.4?", fever)
+    assert not medbot_safety._measured("is it normal for a 2 month old to have a temp?", fever)
+    assert not medbot_safety._measured('my exam question says: "baby 6 weeks, temp 38.4" what is it?', fever)
+    pad = medbot_safety.Triage(flags=[Flag("emergency.bleeding", "soak a pad in 20 minutes")])
+    assert medbot_safety._measured("is it normal to soak a pad in 20 minutes after a c-section?", pad)
+    other = medbot_safety.Triage(flags=[Flag("emergency.sepsis", "sepsis | fever")])
+    assert not medbot_safety._measured("sepsis and a fever of 38.4", other)  # only the listed categories
+    assert triage("is it normal for a 2 month old to have a temp of 38.4?").emergency
+
+
 def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
     assert "emergency.bleeding" in codes("went to the toilet and instead of a poo it was just blood")
     assert "emergency.bleeding" in codes("passing a lot of blood from my back passage")
