@@ -86,6 +86,10 @@ FIGURATIVE: list[tuple[re.Pattern[str], str]] = [
 ]
 FIGURATIVE_UNLESS = re.compile(RULES["figurative"]["unless"], re.IGNORECASE)  # then nothing is rewritten
 MODEL_EVIDENCE = 2  # nearest training families named in a model flag
+# A crisis the model reads while giving a physical emergency at least this probability shows the
+# emergency advice too (a review, helper 94: a collapse, a stabbing and a chainsaw cut read as crises
+# showed only the crisis line's text); clear crises give it about 0.01.
+PHYSICAL_BESIDE_CRISIS = 0.2
 MODEL_MIN_WORDS = 3  # shorter messages ("hi", "thanks", "help") are read by the rules alone
 # The model may lower a rule's emergency only in a message long enough to carry the context that
 # makes it routine, or when it is sure: out of fold on the generated messages (v2.6), lowering cut
@@ -130,8 +134,10 @@ class Triage:
     def advice(self) -> str | None:
         """Text every surface shows first: crisis line, emergency number, same-day care, or the fallback."""
         if self.crisis:
-            # a physical emergency beside the crisis (an overdose taken, a wound gushing): both texts
-            physical = any(
+            # a physical emergency beside the crisis (an overdose taken, a wound gushing): both texts;
+            # also where the model reads a crisis but a physical emergency is its next thought
+            # (PHYSICAL_BESIDE_CRISIS: "my grandad keeled over in the garden", p(emergency) 0.34)
+            physical = self.probs.get("emergency", 0.0) >= PHYSICAL_BESIDE_CRISIS or any(
                 f.code == "model.emergency"
                 or RULE_LEVEL.get(f.code.removeprefix("emergency.")) == "emergency"
                 for f in self.flags

@@ -60,6 +60,7 @@ EXAMPLES = {
     "heart_rate": "Her pulse is 34 and she keeps fainting.",
     "electric_shock": "He got an electric shock from the cooker and now his chest hurts.",
     "penetrating_injury": "There is a screwdriver stuck in his hand.",
+    "burns": "Boiling water went over his arm and the skin is peeling off.",
 }
 
 
@@ -302,6 +303,38 @@ def test_v218_red_flags_said_other_ways_and_their_near_misses():
         assert not triage(text, model=False).emergency, text
 
 
+def test_v218_third_review_red_flags_and_look_alikes():
+    """A third review (helper 94) of every category, each written anew here: burns (a new category),
+    waters gone green, labour before 37 weeks, a poisonous plant, "like an elephant standing on me",
+    "keeled over", "isn't responding", "hard to keep awake"; a symptom that has "gone red" or "gone
+    hoarse" is not over. Beside them, look-alikes that must stay quiet."""
+    for text in (
+        "kettle tipped over onto my son's legs and there are huge blisters all over both thighs",
+        "my 6 month old grabbed my coffee and scalded her hand",
+        "my waters have gone at 30 weeks and the fluid looks green",
+        "I'm 32 weeks and getting contractions every five minutes",
+        "my toddler ate some foxglove leaves in the garden",
+        "feels like an elephant is sitting on my chest, 30 mins now, sweaty",
+        "my nan just keeled over in the kitchen and isn't responding",
+        "he took a load of pills with vodka and is really hard to keep awake",
+        "stung by a wasp and her lips are swelling and her voice has gone hoarse",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "my lips are swollen and chapped from the cold wind, any balm?",
+        "sore throat and my tonsils are swollen, eating fine",
+        "heavy bleeding during my period every month, should I take iron?",
+        "my speech sounded slurred for an hour after the dentist numbed my mouth",
+        "my boss gave me a heart attack creeping up behind me",
+        "why do people with sepsis get mottled skin?",
+        "how many paracetamol is an overdose for an adult?",
+        "burnt my hand on the grill pan, one small blister",
+        "my son isn't responding to my texts, he's at uni",
+        "my waters broke at 39 weeks with my first baby, how will I know this time?",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
     """[measured]: the model reads meaning, not numbers; where the message gives the reading itself (a
     baby's 38.4, a pad in 20 minutes, a pulse of 35) a rule's emergency stands. Quoted words are someone
@@ -315,6 +348,20 @@ def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
     other = medbot_safety.Triage(flags=[Flag("emergency.sepsis", "sepsis | fever")])
     assert not medbot_safety._measured("sepsis and a fever of 38.4", other)  # only the listed categories
     assert triage("is it normal for a 2 month old to have a temp of 38.4?").emergency
+
+
+def test_a_crisis_the_model_reads_beside_a_physical_emergency_shows_both_texts():
+    """A collapse or a wound the model reads as a crisis gets the emergency advice as well as the
+    crisis line when its emergency probability is not small; a clear crisis gets the crisis line."""
+    flags = [Flag("model.crisis", "p=0.42")]
+    both = Triage(
+        emergency=True, crisis=True, flags=flags, probs={"routine": 0.1, "emergency": 0.34, "crisis": 0.42}
+    )
+    assert both.advice == CRISIS_ADVICE + "\n\n" + EMERGENCY_ADVICE
+    alone = Triage(
+        emergency=True, crisis=True, flags=flags, probs={"routine": 0.0, "emergency": 0.01, "crisis": 0.99}
+    )
+    assert alone.advice == CRISIS_ADVICE
 
 
 def test_a_lot_of_blood_from_the_bowel_and_a_heavy_arm_are_emergencies():
