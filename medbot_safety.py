@@ -337,9 +337,10 @@ def _match_category(
 def _first_report(patterns: list[str], clause: str, info_cues: bool) -> tuple[int, int] | None:
     """The first live match that is neither asked about ("what do you do if someone is choking, he's
     choking on a sweet": the second one counts) nor a pet's ([context] animal: "my dog has been
-    fitting for 5 minutes")."""
+    fitting for 5 minutes"). Neither applies to the crisis rules (info_cues False): "since the dog
+    died I want to end it all" is the person's."""
     for span in _live_matches(patterns, clause):
-        if not (info_cues and _asks_about(clause, span)) and not re.search(ANIMAL, clause[: span[0]]):
+        if not info_cues or not (_asks_about(clause, span) or re.search(ANIMAL, clause[: span[0]])):
             return span
     return None
 

@@ -272,6 +272,9 @@ def test_v218_red_flags_said_other_ways_and_their_near_misses():
         "struck by lightning!! he's awake but confused",  # the harm two clauses on (window = 2)
     ):
         assert triage(text, model=False).emergency, text
+    assert triage(
+        "since the dog died want to kill myself", model=False
+    ).crisis  # a pet never silences a crisis
     for text in (
         "my heart rate was 190 on the bike at the gym and I felt amazing afterwards",
         "the toaster gave me a tiny shock, no harm done",
@@ -318,6 +321,10 @@ def test_v218_third_review_red_flags_and_look_alikes():
         "my nan just keeled over in the kitchen and isn't responding",
         "he took a load of pills with vodka and is really hard to keep awake",
         "stung by a wasp and her lips are swelling and her voice has gone hoarse",
+        "he pushed a key into the plug socket and now his hand is numb",
+        "the baby chewed through the lamp cable and there's a burn on her lip",
+        "pain in my head out of nowhere, worst I have ever had",
+        "my 3 year old has eaten half a packet of my blood pressure tablets",
     ):
         assert triage(text, model=False).emergency, text
     for text in (
@@ -331,6 +338,8 @@ def test_v218_third_review_red_flags_and_look_alikes():
         "burnt my hand on the grill pan, one small blister",
         "my son isn't responding to my texts, he's at uni",
         "my waters broke at 39 weeks with my first baby, how will I know this time?",
+        "a migraine came out of nowhere this afternoon, not too bad, paracetamol helped",
+        "the dog chewed through the lamp cable, should I replace it?",
     ):
         assert not triage(text, model=False).emergency, text
 
