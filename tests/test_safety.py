@@ -344,6 +344,27 @@ def test_v218_third_review_red_flags_and_look_alikes():
         assert not triage(text, model=False).emergency, text
 
 
+def test_a_scar_that_still_aches_and_a_term_asked_about_are_not_reports():
+    """A scar is what is left of a past injury: "still" beside it does not make the injury live again
+    (as "still bleeding" does). A clause that only asks what a condition is, naming nobody and nothing
+    here, asks about it; with a person or "I" in the clause, or a report after a comma, it stays a report."""
+    for text in (
+        "she was stabbed in 2017 and the scar still hurts in cold weather",
+        "what is a thunderclap headache?",
+        "whats an aortic dissection",
+        "what are febrile seizures?",
+    ):
+        assert not triage(text, model=False).emergency, text
+    for text in (
+        "he was stabbed last month and the wound is still pouring blood",
+        "what is this crushing pain in my chest",
+        "what is a seizure, my daughter is fitting right now",
+        "whats a thunderclap headache i think im having one",
+        "what is wrong with him, he's having a seizure and won't stop",
+    ):
+        assert triage(text, model=False).emergency, text
+
+
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
     """[measured]: the model reads meaning, not numbers; where the message gives the reading itself (a
     baby's 38.4, a pad in 20 minutes, a pulse of 35) a rule's emergency stands. Quoted words are someone
