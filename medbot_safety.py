@@ -68,9 +68,9 @@ EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULE
 WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL = (
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL, FRAME = (
     RULES["context"][k]
-    for k in ("negations", "resolved", "current", "settled", "info_cues", "report", "animal")
+    for k in ("negations", "resolved", "current", "settled", "info_cues", "report", "animal", "frame")
 )
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
@@ -294,10 +294,12 @@ def _triage_rules(message: str) -> Triage:
         result.flags.append(Flag("fallback.non_english", f"{language}: {message.strip()[:60]}"))
         return result
     clauses = _clauses(normalize(message))
+    # an exam case, a story, a film, a dream ([context] frame): its red flags report no one
+    frame = [bool(re.search(FRAME, c)) for c in clauses] if re.search(FRAME, normalize(message)) else None
     for category, groups in EMERGENCIES.items():
         # a question about a condition is not a report of it, except where a crisis is named: a person
         # at risk may ask about it in the same breath ("for the exam... I just want to end it all")
-        evidence = _match_category(groups, clauses, RULE_LEVEL[category] != "crisis", WINDOW[category])
+        evidence = _match_category(groups, clauses, RULE_LEVEL[category] != "crisis", WINDOW[category], frame)
         if evidence:
             result.flags.append(Flag(f"emergency.{category}", evidence))
             _raise_level(result, RULE_LEVEL[category])
@@ -319,13 +321,20 @@ def _raise_level(result: Triage, level: str) -> None:
 
 
 def _match_category(
-    groups: list[list[str]], clauses: list[str], info_cues: bool = True, width: int = 1
+    groups: list[list[str]],
+    clauses: list[str],
+    info_cues: bool = True,
+    width: int = 1,
+    frame: list[bool] | None = None,
 ) -> str | None:
     """Every group must match somewhere in one clause window (a clause and `width` clauses each side);
-    with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?")."""
+    with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?"),
+    nor, in a message with a frame ([context] frame: which clauses hold one), in the frame's clause or
+    in another that reports no one."""
     for i in range(len(clauses)):
         window = " ".join(clauses[max(0, i - width) : i + width + 1])
-        first = _first_report(groups[0], clauses[i], info_cues)
+        framed = None if frame is None else frame[i]
+        first = _first_report(groups[0], clauses[i], info_cues, framed)
         if not first:
             continue
         rest = [_live_match(g, window) for g in groups[1:]]
@@ -334,15 +343,33 @@ def _match_category(
     return None
 
 
-def _first_report(patterns: list[str], clause: str, info_cues: bool) -> tuple[int, int] | None:
+def _first_report(
+    patterns: list[str], clause: str, info_cues: bool, framed: bool | None = None
+) -> tuple[int, int] | None:
     """The first live match that is neither asked about ("what do you do if someone is choking, he's
     choking on a sweet": the second one counts) nor a pet's ([context] animal: "my dog has been
-    fitting for 5 minutes"). Neither applies to the crisis rules (info_cues False): "since the dog
-    died I want to end it all" is the person's."""
+    fitting for 5 minutes") nor inside a frame (framed: True where this clause holds the message's
+    frame, False where another clause does, None where there is none). None of these applies to the
+    crisis rules (info_cues False): "since the dog died I want to end it all" is the person's."""
     for span in _live_matches(patterns, clause):
-        if not info_cues or not (_asks_about(clause, span) or re.search(ANIMAL, clause[: span[0]])):
+        if not info_cues:
             return span
+        if _asks_about(clause, span) or re.search(ANIMAL, clause[: span[0]]):
+            continue
+        if framed or (framed is False and not _reports(clause, span)):
+            continue
+        return span
     return None
+
+
+def _reports(clause: str, match: tuple[int, int]) -> bool:
+    """The clause names someone ("piece of glass stuck in my leg"), or it or its part holding the match
+    after a comma reports someone ([context] report: "..., she's been fitting for 6 minutes"); "you"
+    and "they" are anyone ("how long should you watch a child for vomiting?", "do you roll someone on
+    their side if they are fitting?")."""
+    part = clause[clause.rfind(",", 0, match[1]) + 1 :].strip()
+    named = re.search(r"\b(i|i'm|im|i've|ive|me|my|mine|we|us|our|he|she|him|his|her)\b", clause)
+    return bool(named or re.match(REPORT, clause) or re.match(REPORT, part))
 
 
 def _asks_about(clause: str, match: tuple[int, int]) -> bool:

@@ -365,6 +365,38 @@ def test_a_scar_that_still_aches_and_a_term_asked_about_are_not_reports():
         assert triage(text, model=False).emergency, text
 
 
+def test_v219_a_frame_a_comparison_or_a_past_told_with_a_date_is_not_a_report():
+    """[context] frame: an exam or training case, a course, a story, a film or a dream reports no one;
+    a red flag in its clause, or in another clause naming no one, is asked about. A clause that names
+    someone ("my dad", "I") or reports someone still counts, and the crisis rules never read a frame.
+    Beside it: "X vs Y", "the proper technique for...", "why are you not supposed to...", and events
+    told "as a kid", "when I was at school", "back in May", "on our honeymoon". Written anew here,
+    after a review (helper 97) of look-alikes in every category."""
+    for text in (
+        "nursing sim question: 64M, crushing central chest pain into the left arm, sweaty. first line drug?",
+        "I'm writing a thriller and the victim can't breathe after the gas leak. how long until she passes out?",
+        "in the medical drama we watched the bride's face drooped at the altar, is that realistic?",
+        "had a nightmare I was bleeding heavily and couldn't stop it, woke up fine",
+        "revising for my first aid exam. do you roll someone onto their side if they are fitting?",
+        "stroke vs migraine aura, how do you tell them apart?",
+        "proper technique for pressing on a wound that is bleeding heavily?",
+        "why are you not supposed to take out a knife that is stuck in someone?",
+        "as a kid my throat swelled up after eating prawns, do I need an allergy test now?",
+        "back in May I had crushing chest pain and they found nothing, can I return to the gym?",
+        "I overdosed on chocolate over the weekend, any tips for bloating?",
+    ):
+        assert not triage(text, model=False).emergency, text
+    for text in (
+        "I did a first aid course last year but what do I do? my dad is clutching his chest and is grey and sweaty",
+        "they showed us this on the training course. glass stuck in my arm and blood is spurting out",
+        "lightning hit near us on the golf course and my friend went down and is not responding",
+        "what's the best way to stop it, my son cut his leg and it's bleeding heavily and won't stop",
+        "for my exam tomorrow I can't revise, I just want to end it all tonight",
+        "had a stroke back in 2019 and now my face is drooping again",
+    ):
+        assert triage(text, model=False).emergency, text
+
+
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
     """[measured]: the model reads meaning, not numbers; where the message gives the reading itself (a
     baby's 38.4, a pad in 20 minutes, a pulse of 35) a rule's emergency stands. Quoted words are someone
