@@ -293,9 +293,9 @@ def _triage_rules(message: str) -> Triage:
         result.non_english, result.language = True, language
         result.flags.append(Flag("fallback.non_english", f"{language}: {message.strip()[:60]}"))
         return result
-    clauses = _clauses(normalize(message))
-    # an exam case, a story, a film, a dream ([context] frame): its red flags report no one
-    frame = [bool(re.search(FRAME, c)) for c in clauses] if re.search(FRAME, normalize(message)) else None
+    text = normalize(message)
+    clauses = _clauses(text)
+    frame = _framed_clauses(text, clauses)
     for category, groups in EMERGENCIES.items():
         # a question about a condition is not a report of it, except where a crisis is named: a person
         # at risk may ask about it in the same breath ("for the exam... I just want to end it all")
@@ -312,6 +312,30 @@ def _triage_rules(message: str) -> Triage:
     return result
 
 
+def _framed_clauses(text: str, clauses: list[str]) -> list[bool | None] | None:
+    """Which clauses an exam case, a story, a film or a dream frames ([context] frame): True for the
+    frame's own clause and for clauses inside a quotation that a frame or a past event introduces
+    ("I'm writing a story where a character texts: \"...\"", "years ago this happened to me: \"...\""),
+    False for the other clauses of a message with a frame, None where the message has none. Its red
+    flags report no one (_first_report)."""
+    quoted = []  # (start, end) of quotations introduced by a frame or a past event
+    for q in re.finditer(r'["“”]([^"“”]*)(["“”]|$)', text):
+        lead = re.split(r"[.!?\n]", text[max(0, q.start() - 120) : q.start()])[-1]
+        if re.search(FRAME, lead) or re.search(RESOLVED, lead):
+            quoted.append((q.start(), q.end()))
+    framed = bool(re.search(FRAME, text))
+    if not framed and not quoted:
+        return None
+    out: list[bool | None] = []
+    at = 0
+    for clause in clauses:
+        start = text.find(clause, at)
+        at = start + len(clause)
+        inside = any(a < at <= b for a, b in quoted)  # ends inside (it may begin with the lead)
+        out.append(True if inside or re.search(FRAME, clause) else (False if framed else None))
+    return out
+
+
 def _raise_level(result: Triage, level: str) -> None:
     """Set the verdict to `level` if that comes before the current one (crisis > emergency > urgent)."""
     level = max(result.level, level, key=LEVELS.index)
@@ -325,7 +349,7 @@ def _match_category(
     clauses: list[str],
     info_cues: bool = True,
     width: int = 1,
-    frame: list[bool] | None = None,
+    frame: list[bool | None] | None = None,
 ) -> str | None:
     """Every group must match somewhere in one clause window (a clause and `width` clauses each side);
     with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?"),

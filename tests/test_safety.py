@@ -397,6 +397,39 @@ def test_v219_a_frame_a_comparison_or_a_past_told_with_a_date_is_not_a_report():
         assert triage(text, model=False).emergency, text
 
 
+def test_v219_red_flags_the_rules_lacked_and_quoted_frames():
+    """Red flags the fourth review found missing, written anew here: blood or "coffee grounds"
+    vomited, blood swallowed from a nosebleed, a reliever inhaler that ten puffs do not settle, chest
+    pain that GTN has not eased, a headache getting worse or one pupil bigger after a knock to the
+    head, bright red bleeding or "been bleeding" at 12-42 weeks, an object right through a hand,
+    someone collapsed who is not answering. A quotation that a frame or a past event introduces ("I'm
+    writing a story where a character texts: '...'", "years ago this happened to me: '...'",
+    "hypothetically, if a patient said '...'") reports no one."""
+    for text in (
+        "my grandad has just thrown up a load of dark blood and looks grey",
+        "her sick looks like coffee grounds and she is dizzy",
+        "nosebleed for 25 minutes and I keep swallowing lots of blood",
+        "done 10 puffs of the blue inhaler and she still can't talk in sentences",
+        "used my GTN spray twice, the pain in my chest is still there and going down my arm",
+        "he banged his head on the car door this morning and his headache is getting worse and worse",
+        "she fell off the trampoline onto her head and one pupil looks bigger than the other",
+        "31 weeks and I've been bleeding bright red for about an hour",
+        "nail gun slipped and the nail went right through his hand",
+        "my mum collapsed in the kitchen and she's not answering me",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "type 1, been vomiting since breakfast, my blood ketones are 0.9, is that ok?",
+        "I'm writing a story where a character texts: \"I've just vomited a lot of bright red blood\". Realistic?",
+        'Years ago this happened to me: "my dad threw up blood and was rushed in". Can it run in families?',
+        "Hypothetically, if a patient said they were vomiting blood, what would you ask first?",
+        'my sister texted me "stomach bug again" and she has been sick twice, any tips?',
+    ):
+        assert not triage(text, model=False).emergency, text
+    # a quotation with no frame before it is someone's live words
+    assert triage('my wife just texted me: "I\'m vomiting blood and feel faint"', model=False).emergency
+
+
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
     """[measured]: the model reads meaning, not numbers; where the message gives the reading itself (a
     baby's 38.4, a pad in 20 minutes, a pulse of 35) a rule's emergency stands. Quoted words are someone
