@@ -5,7 +5,7 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_w.jsonl: messages written
+- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_x.jsonl: messages written
   independently (twenty-one writers, briefed apart; set b adds case-note, long-narrative, second-language
   and dictated voices; sets c to f's writers chose their own styles and saw no list of ours; set d
   adds less common emergencies; set e is short, telegraphic messages, half of its routine ones
