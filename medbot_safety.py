@@ -331,7 +331,7 @@ def _framed_clauses(text: str, clauses: list[str]) -> list[bool | None] | None:
     for clause in clauses:
         start = text.find(clause, at)
         at = start + len(clause)
-        inside = any(a < at <= b for a, b in quoted)  # ends inside (it may begin with the lead)
+        inside = any(start < b and a < at for a, b in quoted)  # overlaps a framed quotation
         out.append(True if inside or re.search(FRAME, clause) else (False if framed else None))
     return out
 

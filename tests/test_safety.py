@@ -61,6 +61,12 @@ EXAMPLES = {
     "electric_shock": "He got an electric shock from the cooker and now his chest hurts.",
     "penetrating_injury": "There is a screwdriver stuck in his hand.",
     "burns": "Boiling water went over his arm and the skin is peeling off.",
+    "ectopic": "Positive test last week and now a sharp pain low on the left, I feel faint.",
+    "vision_loss": "A dark curtain is coming down over the vision in my right eye.",
+    "cauda_equina": "Bad back and now numbness around my bum and between my legs.",
+    "testicular_torsion": "Sudden agonising pain in my son's left testicle.",
+    "diabetic_emergency": "Type 1, vomiting all night, ketones are 4.2.",
+    "dehydration": "My baby has had no wet nappy for 14 hours.",
 }
 
 
@@ -428,6 +434,36 @@ def test_v219_red_flags_the_rules_lacked_and_quoted_frames():
         assert not triage(text, model=False).emergency, text
     # a quotation with no frame before it is someone's live words
     assert triage('my wife just texted me: "I\'m vomiting blood and feel faint"', model=False).emergency
+
+
+def test_v219_new_categories_and_their_near_misses():
+    """Six categories the rules lacked (the generated development families showed 10% of their
+    emergencies missed by rules and model alike, many of these kinds): early-pregnancy pain that may
+    be ectopic, sudden loss of sight, numbness between the legs with back pain, sudden testicular
+    pain, ketones of 3 or more, a baby with no wet nappy for 12 hours or more; and in old categories a
+    rash the glass test does not fade with a child who is hot, the baby moving less in pregnancy."""
+    for text in (
+        "about 5 weeks pregnant, severe stabbing pain on my left side and I feel faint",
+        "a black shadow is creeping across the vision in my left eye",
+        "sciatica all week and now numbness in my bum and I can't control my bladder",
+        "my boy has suddenly got terrible pain in his right testicle",
+        "ketones 3.4 and I can't stop being sick",
+        "no wet nappies for 15 hours and she's very sleepy",
+        "he's really hot and there's a rash on his legs that doesn't fade with the glass",
+        "30 weeks and the kicks are much weaker than usual today",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "is mild cramping normal at 6 weeks pregnant?",
+        "new floaters in one eye, no flashes, no shadow, can I see my optician tomorrow?",
+        "what are the signs of cauda equina syndrome?",
+        "had DKA at diagnosis ten years ago, now well controlled",
+        "ketones 0.6 with a cold, sugars 11, should I worry?",
+        "I'm 17 weeks and haven't felt the baby move yet",
+        "it's so hot in here and the baby has a heat rash that fades when pressed",
+        "had testicular torsion surgery as a teenager, can it affect fertility?",
+    ):
+        assert not triage(text, model=False).emergency, text
 
 
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
