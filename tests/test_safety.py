@@ -67,6 +67,10 @@ EXAMPLES = {
     "testicular_torsion": "Sudden agonising pain in my son's left testicle.",
     "diabetic_emergency": "Type 1, vomiting all night, ketones are 4.2.",
     "dehydration": "My baby has had no wet nappy for 14 hours.",
+    "sickle_cell": "I have sickle cell and a temperature of 38.5.",
+    "bowel_obstruction": "I haven't passed wind for three days and I keep vomiting.",
+    "priapism": "I've had an erection for 5 hours that won't go down.",
+    "pulmonary_embolism": "My calf has been swollen since my flight and now I'm breathless.",
 }
 
 
