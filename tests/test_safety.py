@@ -71,6 +71,9 @@ EXAMPLES = {
     "bowel_obstruction": "I haven't passed wind for three days and I keep vomiting.",
     "priapism": "I've had an erection for 5 hours that won't go down.",
     "pulmonary_embolism": "My calf has been swollen since my flight and now I'm breathless.",
+    "open_fracture": "He fell off the wall and the bone is sticking out of his shin.",
+    "bilious_vomiting": "My 3 week old is vomiting green.",
+    "limb_ischaemia": "My dad's foot is cold and white and he is in agony.",
 }
 
 
@@ -441,7 +444,7 @@ def test_v219_red_flags_the_rules_lacked_and_quoted_frames():
 
 
 def test_v219_new_categories_and_their_near_misses():
-    """Six categories the rules lacked (the generated development families showed 10% of their
+    """Categories the rules lacked (the generated development families showed 10% of their
     emergencies missed by rules and model alike, many of these kinds): early-pregnancy pain that may
     be ectopic, sudden loss of sight, numbness between the legs with back pain, sudden testicular
     pain, ketones of 3 or more, a baby with no wet nappy for 12 hours or more; and in old categories a
@@ -466,8 +469,25 @@ def test_v219_new_categories_and_their_near_misses():
         "I'm 17 weeks and haven't felt the baby move yet",
         "it's so hot in here and the baby has a heat rash that fades when pressed",
         "had testicular torsion surgery as a teenager, can it affect fertility?",
+        "I have sickle cell trait, is it safe to fly?",
+        "my toddler was sick after eating green jelly, he's fine and playing now",
+        "my calf aches after a long run, no swelling, breathing normally",
+        "blood pressure 118/76 at my 28 week check, all fine?",
+        "broke my arm as a kid, the bone healed well, can I do gymnastics?",
     ):
         assert not triage(text, model=False).emergency, text
+    for text in (
+        "sickle cell, temp 38.4 and pain in my chest",
+        "no wind passed since yesterday, stomach swollen and vomiting",
+        "erection for 5 hours now and it won't go down",
+        "leg swollen and tender since my operation and now I'm short of breath",
+        "my bp is 165/112 and I'm 36 weeks pregnant",
+        "bone sticking out of his forearm after the fall",
+        "newborn keeps being sick and it's dark green",
+        "my foot suddenly went cold and white and it really hurts",
+        "she can't swallow her own saliva and is drooling",
+    ):
+        assert triage(text, model=False).emergency, text
 
 
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
