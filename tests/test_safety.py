@@ -74,6 +74,9 @@ EXAMPLES = {
     "open_fracture": "He fell off the wall and the bone is sticking out of his shin.",
     "bilious_vomiting": "My 3 week old is vomiting green.",
     "limb_ischaemia": "My dad's foot is cold and white and he is in agony.",
+    "severe_skin_reaction": "A blistering rash all over since the new antibiotic, and mouth ulcers.",
+    "wound_dehiscence": "My wound split open after the operation and something pink is poking out.",
+    "orbital_cellulitis": "His eye is swollen shut and he has a fever.",
 }
 
 
@@ -486,8 +489,21 @@ def test_v219_new_categories_and_their_near_misses():
         "newborn keeps being sick and it's dark green",
         "my foot suddenly went cold and white and it really hurts",
         "she can't swallow her own saliva and is drooling",
+        "my 3 year old ate berries off a bush in the park",
+        "sugar 2.1, had juice and sweets and it's still dropping",
+        "rash with blisters since starting new tablets, and sores in her mouth",
+        "c-section wound has burst open and something is bulging out",
+        "her eyelid is swollen shut and she's burning up",
     ):
         assert triage(text, model=False).emergency, text
+    for text in (
+        "we had mushrooms on toast for breakfast, can I take my iron tablets after?",
+        "chickenpox rash with blisters, he's itchy but fine",
+        "one of my stitches came out, the wound looks fine",
+        "woke up with a puffy eye after crying, no pain",
+        "my sugar was 3.2 before lunch, ate a sandwich and it came up to 6",
+    ):
+        assert not triage(text, model=False).emergency, text
 
 
 def test_a_reading_past_a_threshold_is_not_lowered_by_the_model_unless_quoted():
