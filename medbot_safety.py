@@ -68,9 +68,19 @@ EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULE
 WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
-NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL, FRAME = (
+NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL, FRAME, NAMED = (
     RULES["context"][k]
-    for k in ("negations", "resolved", "current", "settled", "info_cues", "report", "animal", "frame")
+    for k in (
+        "negations",
+        "resolved",
+        "current",
+        "settled",
+        "info_cues",
+        "report",
+        "animal",
+        "frame",
+        "named",
+    )
 )
 # A message is called non-English only when English is this unlikely, on the whole text and on its
 # short words alone (medical terms are long Latin/Greek words that pull the identifier away from
@@ -387,13 +397,11 @@ def _first_report(
 
 
 def _reports(clause: str, match: tuple[int, int]) -> bool:
-    """The clause names someone ("piece of glass stuck in my leg"), or it or its part holding the match
-    after a comma reports someone ([context] report: "..., she's been fitting for 6 minutes"); "you"
-    and "they" are anyone ("how long should you watch a child for vomiting?", "do you roll someone on
-    their side if they are fitting?")."""
+    """The clause names someone ([context] named: "piece of glass stuck in my leg"), or it or its part
+    holding the match after a comma reports someone ([context] report: "..., she's been fitting for 6
+    minutes"); "you" and "they" are anyone ("how long should you watch a child for vomiting?")."""
     part = clause[clause.rfind(",", 0, match[1]) + 1 :].strip()
-    named = re.search(r"\b(i|i'm|im|i've|ive|me|my|mine|we|us|our|he|she|him|his|her)\b", clause)
-    return bool(named or re.match(REPORT, clause) or re.match(REPORT, part))
+    return bool(re.search(NAMED, clause) or re.match(REPORT, clause) or re.match(REPORT, part))
 
 
 def _asks_about(clause: str, match: tuple[int, int]) -> bool:
