@@ -429,7 +429,9 @@ def _live_matches(patterns: list[str], clause: str) -> Iterator[tuple[int, int]]
             after = clause[m.end() : m.end() + 60]
             if re.search(NEGATIONS + r"(?:(?!\band\b)[^.;,]){0,25}$", before):  # "and" ends a negation
                 continue
-            if re.search(RESOLVED, before + " " + after) and not _live_again(before, after):
+            # the match stands between as a mark: "her eye has gone dim since yesterday" must not read
+            # as "has gone since yesterday"
+            if re.search(RESOLVED, before + " _ " + after) and not _live_again(before, after):
                 continue
             yield m.span()
 

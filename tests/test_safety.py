@@ -77,6 +77,31 @@ EXAMPLES = {
     "severe_skin_reaction": "A blistering rash all over since the new antibiotic, and mouth ulcers.",
     "wound_dehiscence": "My wound split open after the operation and something pink is poking out.",
     "orbital_cellulitis": "His eye is swollen shut and he has a fever.",
+    "visual_field_loss": "Since this morning the left half of my vision has gone completely black.",
+    "giant_cell_arteritis": "My jaw aches every time I chew, my temples throb and my sight keeps going blurry.",
+    "compartment_syndrome": "Since the plaster went on his toes have gone numb and cold.",
+    "necrotising_fasciitis": "The pain is far worse than the cut looks and the redness is spreading.",
+    "necrotising_skin": "The redness round the bite is spreading up her leg and the middle has gone dusky.",
+    "post_op_neck_swelling": "Day after my thyroidectomy the neck is swelling fast and my breathing sounds noisy.",
+    "post_tonsillectomy_bleed": "Five days after his tonsillectomy he is spitting out fresh blood.",
+    "dental_airway": "Tooth abscess and the swelling has spread under my chin, I can't swallow.",
+    "paraphimosis": "He pulled his foreskin back and now it won't go forward again, the tip is swollen.",
+    "ovarian_torsion": "I have an ovarian cyst and a sudden stabbing pain on the right, I keep vomiting.",
+    "near_amputation": "The saw nearly cut his thumb off, it is attached by a flap of skin.",
+    "circumferential_burn": "The burn goes all the way round her wrist and her hand is going cold.",
+    "chemical_burn": "Oven cleaner soaked through my glove and the skin on my hand is blistering.",
+    "high_pitched_cry": "Our 6 week old has a high-pitched cry we have never heard before.",
+    "hypo_not_rising": "My sugar is 2.4 and I've had two lots of sweets but it's not coming up.",
+    "strangulated_hernia": "My hernia popped out and won't go back in, it's hard and I've been sick.",
+    "gi_bleed": "Black tarry poo twice today and I nearly fainted in the bathroom.",
+    "cauda_equina_back": "My slipped disc is bad again and I can't feel the toilet paper when I wipe.",
+    "spinal_cord_compression": "She has breast cancer, her back hurts and since yesterday her legs are weak.",
+    "adrenal_crisis": "He has Addison's and has been vomiting since lunch and looks grey.",
+    "thyroid_storm": "I have Graves' disease, a fever of 39 and my heart is racing at 160.",
+    "eye_injury": "A shard of metal flew into my eye from the grinder and it's stuck.",
+    "paracetamol_stacking": "I took paracetamol with Lemsip for three days and both have paracetamol in.",
+    "child_dehydration": "My 9 month old has had diarrhoea all day, no wet nappy since breakfast.",
+    "sepsis_signs": "Mum has a kidney infection and her legs have gone blotchy and mottled.",
 }
 
 
@@ -502,6 +527,66 @@ def test_v219_new_categories_and_their_near_misses():
         "one of my stitches came out, the wound looks fine",
         "woke up with a puffy eye after crying, no pain",
         "my sugar was 3.2 before lunch, ate a sandwich and it came up to 6",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
+def test_v220_categories_from_the_out_of_fold_misses_and_their_near_misses():
+    """v2.20: red flags the generated development families' emergencies still showed missed by rules
+    and model alike (out of fold), written from NHS lists: half the field of vision gone, temporal
+    arteritis with trouble seeing, a cast or crush with climbing pain, necrotising fasciitis, swelling
+    after neck surgery, bleeding after tonsils out, a dental abscess reaching the airway, paraphimosis,
+    ovarian torsion, a near amputation, burns all round a limb or by chemicals, a baby's high-pitched
+    cry, a hypo that will not come up, a stuck hernia, black stools with fainting, cauda equina and
+    cord compression told in other words, adrenal crisis, thyroid storm, an eye injury, paracetamol
+    taken twice over, a child's dehydration, an infection with mottled skin."""
+    for text in (
+        "out of nowhere I can't see anything on my left side, it started 20 minutes ago",
+        "I'm 70, my scalp is sore to touch, my jaw aches when I chew and my vision went dim this morning",
+        "she's in a backslab for a broken ankle and her toes are white and numb",
+        "the pain in my hand is way worse than the cut looks and I'm shivering",
+        "after my parathyroid op the neck swelled up fast and now my breathing is noisy",
+        "a week after my tonsillectomy I'm spitting bright red blood",
+        "my abscess tooth has made my neck swell and I can't swallow",
+        "his foreskin went back and won't come forward, it's been three hours",
+        "I have a big ovarian cyst and a sudden severe pain on the right, been sick twice",
+        "my finger is hanging on by a bit of skin after the lawnmower",
+        "I burned my finger right round on the oven and the tip is white",
+        "cement got into my boot and the skin on my shin is raw and blistering",
+        "our 4 week old has a weak high-pitched cry and won't feed",
+        "dad's sugar is 2.3 and it's not coming up after the glucose gel",
+        "my hernia is stuck out, won't go back in and it's agony",
+        "black tarry poo since this morning and I'm light-headed",
+        "my back is bad again and now both legs feel numb and weak",
+        "he has lung cancer, his back is sore and his legs gave way twice today",
+        "I have Addison's and I've been throwing up since 6am",
+        "Graves' disease, 39.6 temperature, heart pounding at 170",
+        "a fish hook went into my son's eye and it's still in",
+        "I've had paracetamol every 3 hours since yesterday for a migraine",
+        "my 2 year old has diarrhoea and vomiting and no wet nappy since last night",
+        "he has a chest infection and his skin has gone mottled",
+        "her eye has gone dim since yesterday, her temple throbs and her jaw aches when she chews",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "I lost the left half of my vision after my stroke in 2019, can I drive?",
+        "my jaw aches when I chew since the dentist, and my temples ache from grinding",
+        "cast comes off on Friday, the skin underneath is itchy",
+        "my fingers go numb at night, the GP thinks carpal tunnel and gave me a splint",
+        "had my thyroid out last year, the scar is healing well",
+        "is it normal to have bad breath after tonsils out?",
+        "tooth abscess, swollen cheek, antibiotics started, swallowing fine",
+        "my son's foreskin is tight and won't pull back, he's 4, is that normal?",
+        "I have a small ovarian cyst, the scan said to recheck in 6 weeks",
+        "my toenail is hanging off after I stubbed it",
+        "mild sunburn right round my neck, a bit red",
+        "can I take paracetamol and ibuprofen together?",
+        "my baby has a high temperature and is crying a lot",
+        "my hernia goes back in when I lie down, any exercises to avoid?",
+        "my poo is black since I started iron tablets, I feel fine",
+        "my back hurts and I have a numb patch on my thigh",
+        "I'm a novelist: my character gets bitten by an adder, what would happen?",
+        "on antibiotics for a water infection and feeling a bit better today",
     ):
         assert not triage(text, model=False).emergency, text
 
