@@ -5,8 +5,8 @@
 
 Triage (rules + learned model, and each alone) on:
 - the generated test split: whole template families the model never saw (`medbot_triage.py`);
-- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_x.jsonl: messages written
-  independently (twenty-one writers, briefed apart; set b adds case-note, long-narrative, second-language
+- data/safety_test/messages.jsonl, messages_b.jsonl ... messages_y.jsonl: messages written
+  independently (twenty-three writers, briefed apart; set b adds case-note, long-narrative, second-language
   and dictated voices; sets c to f's writers chose their own styles and saw no list of ours; set d
   adds less common emergencies; set e is short, telegraphic messages, half of its routine ones
   medicine questions; set f, written before v2.6 was built, mixes all of these with hard
@@ -24,7 +24,9 @@ Triage (rules + learned model, and each alone) on:
   questions about a danger nobody has now, beside crises and emergencies in the same registers; set v,
   written in v2.18 by a third such writer, emergencies asked as questions while they happen beside
   questions about a danger, past events and distress without risk; set w, by a fourth, older people,
-  carers, teenagers and second-language writers at every level),
+  carers, teenagers and second-language writers at every level; set x, by a fifth, messages where
+  several things go on at once; set y, by a sixth, in v2.20, less common emergencies over the whole
+  body beside look-alikes that share their words),
   never used to train (the first contacts of sets i, l and n
   set the direction of v2.8's, v2.9's and v2.10's new families; no threshold was picked on any);
 - data/safety_messages.jsonl and data/safety_messages_holdout.jsonl: the rules' development sets;
