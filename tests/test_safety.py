@@ -102,6 +102,8 @@ EXAMPLES = {
     "paracetamol_stacking": "I took paracetamol with Lemsip for three days and both have paracetamol in.",
     "child_dehydration": "My 9 month old has had diarrhoea all day, no wet nappy since breakfast.",
     "sepsis_signs": "Mum has a kidney infection and her legs have gone blotchy and mottled.",
+    "asthma_attack": "Asthma attack and the blue inhaler isn't helping at all, I'm wheezing.",
+    "carbon_monoxide": "The carbon monoxide alarm is going off and we all have headaches.",
 }
 
 
@@ -587,6 +589,36 @@ def test_v220_categories_from_the_out_of_fold_misses_and_their_near_misses():
         "my back hurts and I have a numb patch on my thigh",
         "I'm a novelist: my character gets bitten by an adder, what would happen?",
         "on antibiotics for a water infection and feeling a bit better today",
+    ):
+        assert not triage(text, model=False).emergency, text
+
+
+def test_v220_second_pass_red_flags_in_other_words():
+    """v2.20's second pass over the out-of-fold misses: a clinician's shorthand (breathing rate 7,
+    pinpoint pupils, oxygen 86%), an erection told without the word, bleeding pressure does not stop,
+    the cord in labour, a fever days after a birth, a terse note over three sentences, the baby
+    quiet today; and what must stay quiet beside them."""
+    for text in (
+        "pt drowsy after oramorph, RR 6, pinpoint pupils",
+        "sats 86% on air and he's grey",
+        "took two blue pills and my penis has stayed hard for 6 hours, it hurts",
+        "the cut has bled through three tea towels even with firm pressure",
+        "I'm in labour and the cord is coming out",
+        "5 days after the birth, fever of 39 and shaking",
+        "6 wk old. bit snuffly. temp 38.2",
+        "36 weeks, baby very quiet today",
+        "my asthma is bad, ventolin is doing nothing and I'm struggling",
+        "the camping stove was on inside the tent and now we're all dizzy and being sick",
+    ):
+        assert triage(text, model=False).emergency, text
+    for text in (
+        "my sats are 97% and my breathing rate is 16, is that normal?",
+        "it's hard to say, he's been off for 5 hours",
+        "a small cut, stopped bleeding after 5 minutes of pressure",
+        "can I book my postnatal check? I have a cold and a slight temperature",
+        "my inhaler isn't lasting as long as it used to, can I get an asthma review?",
+        "last winter our carbon monoxide alarm went off and we all had headaches, should we get the boiler checked again?",
+        "should I buy a carbon monoxide detector for the caravan?",
     ):
         assert not triage(text, model=False).emergency, text
 
