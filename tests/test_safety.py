@@ -609,6 +609,8 @@ def test_v220_second_pass_red_flags_in_other_words():
         "36 weeks, baby very quiet today",
         "my asthma is bad, ventolin is doing nothing and I'm struggling",
         "the camping stove was on inside the tent and now we're all dizzy and being sick",
+        "my 2 year old swallowed some of his grandad's amlodipine",  # named by the drug lexicon
+        "the baby ate one of my zopiclone off the floor",
     ):
         assert triage(text, model=False).emergency, text
     for text in (
@@ -619,6 +621,9 @@ def test_v220_second_pass_red_flags_in_other_words():
         "my inhaler isn't lasting as long as it used to, can I get an asthma review?",
         "last winter our carbon monoxide alarm went off and we all had headaches, should we get the boiler checked again?",
         "should I buy a carbon monoxide detector for the caravan?",
+        "my toddler ate my sandwich and a crayon",
+        "the baby chewed his calpol syringe",
+        "my 3 year old got into the sertraline box but I don't think she ate any",
     ):
         assert not triage(text, model=False).emergency, text
 
