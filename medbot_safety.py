@@ -66,6 +66,9 @@ ANSWER_REWRITE: str = RULES["advice"]["answer_rewrite"]
 EMERGENCIES: dict[str, list[list[str]]] = {c: spec["groups"] for c, spec in RULES["emergency"].items()}
 # clauses each side of a symptom that the rest of a category's groups may be found in (default 1)
 WINDOW: dict[str, int] = {c: spec.get("window", 1) for c, spec in RULES["emergency"].items()}
+# groups (by index) that name a setting someone lives with, not an event: read without the negation and
+# past checks ("had Addison's for 10 years and vomiting all day" is Addison's now)
+SETTING: dict[str, set[int]] = {c: set(spec.get("setting", [])) for c, spec in RULES["emergency"].items()}
 RULE_LEVEL: dict[str, str] = {c: spec["level"] for c, spec in RULES["emergency"].items()}
 LEVELS = ("routine", "urgent", "emergency", "crisis")  # in order of what comes first
 NEGATIONS, RESOLVED, CURRENT, SETTLED, INFO_CUES, REPORT, ANIMAL, FRAME, NAMED = (
@@ -309,7 +312,9 @@ def _triage_rules(message: str) -> Triage:
     for category, groups in EMERGENCIES.items():
         # a question about a condition is not a report of it, except where a crisis is named: a person
         # at risk may ask about it in the same breath ("for the exam... I just want to end it all")
-        evidence = _match_category(groups, clauses, RULE_LEVEL[category] != "crisis", WINDOW[category], frame)
+        evidence = _match_category(
+            groups, clauses, RULE_LEVEL[category] != "crisis", WINDOW[category], frame, SETTING[category]
+        )
         if evidence:
             result.flags.append(Flag(f"emergency.{category}", evidence))
             _raise_level(result, RULE_LEVEL[category])
@@ -360,6 +365,7 @@ def _match_category(
     info_cues: bool = True,
     width: int = 1,
     frame: list[bool | None] | None = None,
+    setting: set[int] | frozenset[int] = frozenset(),
 ) -> str | None:
     """Every group must match somewhere in one clause window (a clause and `width` clauses each side);
     with info_cues, not in a clause that asks about a condition ("what are the signs of a stroke?"),
@@ -371,7 +377,10 @@ def _match_category(
         first = _first_report(groups[0], clauses[i], info_cues, framed)
         if not first:
             continue
-        rest = [_live_match(g, window) for g in groups[1:]]
+        rest = [
+            _any_match(g, window) if k in setting else _live_match(g, window)
+            for k, g in enumerate(groups[1:], 1)
+        ]
         if all(rest):
             return " | ".join([clauses[i][first[0] : first[1]]] + [r for r in rest if r])
     return None
@@ -416,6 +425,11 @@ def _asks_about(clause: str, match: tuple[int, int]) -> bool:
     return start == 0 or bool(re.search(INFO_CUES, part)) or not re.match(REPORT, part)
 
 
+def _any_match(patterns: list[str], clause: str) -> str | None:
+    """The first pattern match in the clause, negated or past or not (a setting group: see SETTING)."""
+    return next((m.group(0) for p in patterns if (m := re.search(p, clause))), None)
+
+
 def _live_match(patterns: list[str], clause: str) -> str | None:
     """The first pattern match in the clause that is neither negated nor resolved."""
     return next((clause[a:b] for a, b in _live_matches(patterns, clause)), None)
@@ -424,7 +438,7 @@ def _live_match(patterns: list[str], clause: str) -> str | None:
 def _live_matches(patterns: list[str], clause: str) -> Iterator[tuple[int, int]]:
     """Every pattern match in the clause that is neither negated nor resolved: (start, end)."""
     for pattern in patterns:
-        for m in re.finditer(pattern, clause):
+        for m in _matches(pattern, clause):
             before = clause[max(0, m.start() - 40) : m.start()]
             after = clause[m.end() : m.end() + 60]
             if re.search(NEGATIONS + r"(?:(?!\band\b)[^.;,]){0,25}$", before):  # "and" ends a negation
@@ -438,6 +452,19 @@ def _live_matches(patterns: list[str], clause: str) -> Iterator[tuple[int, int]]
             if re.search(RESOLVED, before + " _ " + after) and not _live_again(before, after):
                 continue
             yield m.span()
+
+
+def _matches(pattern: str, clause: str) -> Iterator[re.Match[str]]:
+    """re.finditer, except that a pattern with a "medicine" group is tried again from the next character
+    where its words name no medicine ("got into my bag and swallowed one of my amitriptyline")."""
+    compiled = re.compile(pattern)
+    if "medicine" not in compiled.groupindex:
+        yield from compiled.finditer(clause)
+        return
+    at = 0
+    while (m := compiled.search(clause, at)) is not None:
+        yield m
+        at = m.start() + 1
 
 
 @functools.lru_cache(maxsize=4096)

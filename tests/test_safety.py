@@ -600,7 +600,10 @@ def test_v220_second_pass_red_flags_in_other_words():
     quiet today; and what must stay quiet beside them."""
     for text in (
         "pt drowsy after oramorph, RR 6, pinpoint pupils",
-        "sats 86% on air and he's grey",
+        "sats 82% on air and he's grey",
+        "My 2 year old got into my bag and swallowed one of my amitriptyline",
+        "my blue inhaler isn't helping this asthma attack",
+        "I've had a hernia for 2 years and today it won't go back in, I'm being sick",
         "took two blue pills and my penis has stayed hard for 6 hours, it hurts",
         "the cut has bled through three tea towels even with firm pressure",
         "I'm in labour and the cord is coming out",
@@ -624,6 +627,21 @@ def test_v220_second_pass_red_flags_in_other_words():
         "my toddler ate my sandwich and a crayon",
         "the baby chewed his calpol syringe",
         "my 3 year old got into the sertraline box but I don't think she ate any",
+        # a review of the diff (helper 102) found these escalated; each fixed by a general change
+        "my dad has COPD and his normal sats are 88%, that's his target",
+        "I've got an eyelash stuck in my eye and can't get it out",
+        "my eye shadow keeps creasing at the edge of my eye",
+        "my arm is still hard and sore 6 hours after the flu jab",
+        "my big toenail has nearly come off after the marathon",
+        "sitting with my foot hanging off the sofa gives me pins and needles",
+        "I'm a bricklayer and my hands get dry and peeling from the cement",
+        "she's been feeling weak and crying a lot since the breakup",
+        "newborn's poo is black and tarry, the midwife says it's meconium, I'm lightheaded from no sleep",
+        "my son is 23 and has gastro, feels really lethargic",
+        "I'm 34 weeks pregnant and I'm hardly moving off the sofa because of my SPD",
+        "covid test came back positive and I've got a sharp pain on my right side when I breathe in",
+        "my toddler ate a yoghurt after his Calpol and is now asleep",
+        "do Lemsip and Beechams both contain paracetamol?",
     ):
         assert not triage(text, model=False).emergency, text
 
